@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from tqdm import tqdm
 
 from surgery.errors import SurgeryError
@@ -117,7 +116,10 @@ def make_adapt_predict(model, optimizer: optax.GradientTransformation, mask: Any
       updates, s = optimizer.update(grads, s, p)
       return apply_updates(p, updates, mask), s
 
-    params, opt_state = lax.fori_loop(0, steps, step, (params, opt_state))
+    # A Python loop, not lax.fori_loop: XLA:CPU ran the convolutions inside a while
+    # loop's body about 15x slower (2.8 s vs 0.18 s per image for `all`, 32 copies).
+    for i in range(steps):
+      params, opt_state = step(i, (params, opt_state))
     logits = forward(params, to_float_images(image[None]))[0]
     return params, opt_state, logits
 
