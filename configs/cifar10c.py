@@ -38,8 +38,9 @@ def get_config(arg=None):
   c.corruption_seed = 0  # seed of the generated corruption (not of the splits)
   c.report_only = False  # rewrite summary.md and plots from results.csv, run nothing
 
-  # noise_<group> shifts (Section 3.3): noise norm = scale x each tensor's norm.
-  c.param_noise = ml_collections.ConfigDict(dict(scale=0.5, seed=0))
+  # noise_<group> shifts (Section 3.3): noise norm = scale x each tensor's norm;
+  # group_scales ('block1=1.0,last=3') overrides the scale per noised group.
+  c.param_noise = ml_collections.ConfigDict(dict(scale=0.5, group_scales='', seed=0))
   c.model = ml_collections.ConfigDict(dict(width=1, depth=26, norm='group'))
   # The authors' Auto-RGN: refresh once per epoch from 5 batches, norm layers left out.
   c.auto_rgn = ml_collections.ConfigDict(dict(refresh='epoch', window=5, exclude_norm=True))

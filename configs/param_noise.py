@@ -2,9 +2,9 @@
 
     python -m experiments.main --config=configs/param_noise.py --workdir=workdir/param_noise
 
-The source ResNet-26 gets Gaussian noise on one group (norm `param_noise.scale` times each
-tensor's norm), then each group, `all` and `auto_rgn` are tuned on the clean CIFAR-10 test
-set. Expect the noised group to be the best one to tune (the diagonal of the matrix in
+The source ResNet-26 gets Gaussian noise on one group (norm `param_noise.group_scales`
+times each tensor's norm, calibrated below), then each group, `all` and `auto_rgn` are
+tuned on the clean CIFAR-10 test set. Expect the noised group to be the best one to tune (the diagonal of the matrix in
 summary.md), auto_rgn to match it and beat `all` (Table 5), and Auto-RGN's accumulated
 weights to be largest on the noised group (auto_rgn_weights.png, Fig. 6).
 """
@@ -17,5 +17,13 @@ def get_config(arg=None):
   c.init_checkpoint = '../shared/weights/memo_resnet26_gn_cifar10.pth'
   c.corruptions = 'noise_block1,noise_block2,noise_block3,noise_last'
   c.methods = 'no_adaptation,all,block1,block2,block3,last,auto_rgn'
-  c.param_noise.scale = float(arg) if arg else 0.5
+  # The paper gives no noise size. A single relative scale hits the groups very
+  # unevenly (0.5 leaves `last` at 84% and block3 at 8% clean accuracy), so each group
+  # gets the scale that takes the source model from 84% to about 45% on 2,000 clean
+  # test images: block1 47%, block2 45%, block3 43%, last 48%. An `arg` sets one scale
+  # for every group instead.
+  c.param_noise.group_scales = 'block1=1.0,block2=1.5,block3=0.25,last=3.0'
+  if arg:
+    c.param_noise.scale = float(arg)
+    c.param_noise.group_scales = ''
   return c

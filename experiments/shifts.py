@@ -71,13 +71,36 @@ def target_data(config, shift: Shift):
   return images, labels
 
 
+def noise_scale(config, group: str) -> float:
+  """`param_noise.group_scales` ('block1=1.0,last=3') for `group`, else `param_noise.scale`."""
+  pc = config.param_noise
+  scales = {}
+  for item in str(pc.get('group_scales', '') or '').split(','):
+    if not item.strip():
+      continue
+    name, _, value = item.partition('=')
+    name = name.strip()
+    if name not in group_names(RESNET26_GROUPS):
+      raise SurgeryError(f'param_noise.group_scales: unknown group {name!r}; valid: '
+                         f'{", ".join(group_names(RESNET26_GROUPS))}')
+    try:
+      scales[name] = float(value)
+    except ValueError:
+      raise SurgeryError(f'param_noise.group_scales: {item.strip()!r} is not group=number') from None
+  scale = scales.get(group, pc.scale)
+  if not scale > 0:
+    raise SurgeryError(f'param_noise scale for {group} must be positive, got {scale}')
+  return float(scale)
+
+
 def source_params(config, shift: Shift, params):
   """The model fine-tuning starts from: the source, or for noise_<group> the source with
   N(0, s^2) noise on that group, s = scale * ||theta|| / sqrt(size) per tensor, so the
-  noise norm is about `scale` times the tensor's norm."""
+  noise norm is about `scale` times the tensor's norm (`noise_scale`)."""
   if not shift.base.startswith(NOISE_PREFIX):
     return params
   group = shift.base[len(NOISE_PREFIX):]
+  scale = noise_scale(config, group)
   labels = assign_groups(params, RESNET26_GROUPS)
   leaves, treedef = jax.tree_util.tree_flatten(params)
   rng = np.random.default_rng([config.param_noise.seed, group_names(RESNET26_GROUPS).index(group)])
@@ -85,7 +108,7 @@ def source_params(config, shift: Shift, params):
   for leaf, g in zip(leaves, jax.tree_util.tree_leaves(labels)):
     leaf = np.asarray(leaf)
     if g == group:
-      s = config.param_noise.scale * np.linalg.norm(leaf) / np.sqrt(leaf.size)
+      s = scale * np.linalg.norm(leaf) / np.sqrt(leaf.size)
       leaf = (leaf + s * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
     noised.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, noised)

@@ -164,6 +164,16 @@ def test_label_flip_and_parameter_noise_shifts(tiny):
     else:
       assert np.array_equal(a, b), name
 
+  # group_scales overrides the scale for its group only; bad entries name the problem.
+  config.param_noise.group_scales = 'block2=2.0'
+  assert shifts.noise_scale(config, 'block2') == 2.0
+  assert shifts.noise_scale(config, 'block1') == 0.5
+  for bad, words in [('stage9=1', 'unknown group'), ('block2=x', 'not group=number'),
+                     ('block2=0', 'must be positive')]:
+    config.param_noise.group_scales = bad
+    with pytest.raises(SurgeryError, match=words):
+      shifts.noise_scale(config, 'block2')
+
 
 def test_target_sizes_and_rgn_figure(tiny):
   config, tmp = tiny
