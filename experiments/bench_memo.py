@@ -1,0 +1,72 @@
+"""MEMO throughput: adapted test images per second for each freezing option.
+
+    python -m experiments.bench_memo [--images 30] [--rounds 3] [--copies 32]
+
+One compiled adapt-then-predict call per image (32 augmented copies, one step), on
+random uint8 images, with the pre-trained-size ResNet-26. Per option and mode it reports
+the median over rounds of the per-image time (compilation excluded); options are
+measured in alternating rounds in this one process so machine noise hits them alike.
+The last line printed is one JSON object with every figure.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from surgery.memo import adapt
+from surgery.models import ResNet26
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--images', type=int, default=30, help='images per round')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--copies', type=int, default=adapt.NUM_COPIES)
+  args = parser.parse_args(argv)
+  if args.images < 1 or args.rounds < 1 or args.copies < 1:
+    parser.error('--images, --rounds and --copies must be positive')
+
+  model = ResNet26()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  images = np.random.RandomState(0).randint(0, 256, (args.images, 32, 32, 3)).astype(np.uint8)
+  keys = adapt.image_keys(0, args.images)
+  runners = {}
+  for mode in adapt.MODES:
+    for option in adapt.OPTIONS:
+      mask = adapt.memo_mask(params, option)
+      tx = adapt.memo_optimizer(mode, mask)
+      fn = adapt.make_adapt_predict(model, tx, mask, num_copies=args.copies)
+      state = tx.init(params)
+      jax.block_until_ready(fn(params, state, images[0], keys[0]))  # compile
+      runners[f'{mode}/{option}'] = (fn, state, mode)
+
+  times = {name: [] for name in runners}
+  for _ in range(args.rounds):
+    for name, (fn, state, mode) in runners.items():
+      p, s = params, state
+      start = time.perf_counter()
+      for i in range(args.images):
+        new_p, new_s, logits = fn(p, s, images[i], keys[i])
+        if mode == 'online':
+          p, s = new_p, new_s
+        np.asarray(logits)  # the runner syncs once per image too
+      times[name].append((time.perf_counter() - start) / args.images)
+
+  out = {'benchmark': 'memo_adapt_predict', 'copies': args.copies, 'steps': 1,
+         'images_per_round': args.images, 'rounds': args.rounds,
+         'device': jax.devices()[0].platform, 'machine': platform.machine(),
+         'jax': jax.__version__, 'settings': {}}
+  for name, ts in times.items():
+    med = statistics.median(ts)
+    out['settings'][name] = {'ms_per_image': 1e3 * med, 'images_per_second': 1 / med}
+    print(f'{name:26s} {1e3 * med:8.1f} ms/image  {1 / med:6.2f} images/s', flush=True)
+  print(json.dumps(out))
+
+
+if __name__ == '__main__':
+  main()
