@@ -120,8 +120,12 @@ def write_outputs(workdir, rows, methods, shifts, config):
       extra += ['## Accuracy (%) against the number of labelled target examples', '',
                 'Mean over the base shifts; see data_efficiency.png.', '',
                 figures.data_efficiency_markdown(means), '']
-    if _plot_rgn(workdir, rows, shifts):
-      extra += ['Auto-RGN weights accumulated over training, per tensor: auto_rgn_weights.png.', '']
+    panels = _plot_rgn(workdir, rows, shifts)
+    if panels:
+      extra += ['## Auto-RGN weights accumulated over training (Fig. 6)', '',
+                'Per tensor in auto_rgn_weights.png; here the mean over each group\'s tensors '
+                '(norm tensors, which Auto-RGN leaves out, not counted), for the run '
+                'validation picked.', '', figures.rgn_group_means_markdown(panels), '']
   text += ('\n' + '\n'.join(extra) if extra else '') + (
       f'\nWritten by `python -m experiments.main` into {workdir}; see config.json.\n')
   results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
@@ -142,4 +146,4 @@ def _plot_rgn(workdir, rows, shifts):
         panels.append((f'{shift} (lr {runs[0]["lr"]})',) + got)
   if panels:
     figures.plot_rgn_weights(panels, os.path.join(workdir, 'auto_rgn_weights.png'))
-  return bool(panels)
+  return panels

@@ -69,6 +69,28 @@ def rgn_weights(workdir, shift, lr, seed, groups_of):
   return data['tensors'], [groups_of(t) for t in data['tensors']], summed
 
 
+def rgn_group_means_markdown(panels):
+  """Mean accumulated weight per group (rows) and panel (columns), over the tensors
+  Auto-RGN weighted; the largest entry of each column in bold."""
+  groups = list(dict.fromkeys(g for _, _, gs, _ in panels for g in gs))
+  means = []
+  for _, _, gs, summed in panels:
+    col = {}
+    for g in groups:
+      vals = [w for gi, w in zip(gs, summed) if gi == g and w > 0]
+      col[g] = float(np.mean(vals)) if vals else None
+    means.append(col)
+  lines = ['| group | ' + ' | '.join(p[0] for p in panels) + ' |',
+           '|---|' + '---|' * len(panels)]
+  for g in groups:
+    cells = []
+    for col in means:
+      v, top = col[g], max((x for x in col.values() if x is not None), default=None)
+      cells.append('–' if v is None else (f'**{v:.2f}**' if v == top else f'{v:.2f}'))
+    lines.append(f'| {g} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def plot_rgn_weights(panels, path):
   """One panel per shift: accumulated weight per tensor in network order, coloured by
   group (paper Fig. 6). `panels` is [(title, tensors, groups, summed)]."""

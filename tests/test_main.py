@@ -11,6 +11,7 @@ from PIL import Image
 
 from configs import cifar10c
 from experiments import cifar10c as runner
+from experiments import figures
 from experiments import finetune
 from experiments import shifts
 from surgery.checkpoints import save_params
@@ -190,6 +191,17 @@ def test_target_sizes_and_rgn_figure(tiny):
   assert '| method | 10 | 20 |' in summary
   for png in ('data_efficiency.png', 'auto_rgn_weights.png'):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
+  assert '## Auto-RGN weights accumulated over training (Fig. 6)' in summary
+
+
+def test_rgn_group_means_skip_unweighted_tensors_and_bold_the_top_group():
+  panels = [('noise_block1', ['a', 'b', 'n', 'c'], ['block1', 'block1', 'block1', 'last'],
+             np.array([1.0, 3.0, 0.0, 0.5])),
+            ('noise_last', ['a', 'b', 'n', 'c'], ['block1', 'block1', 'block1', 'last'],
+             np.array([0.2, 0.4, 0.0, 4.0]))]
+  assert figures.rgn_group_means_markdown(panels).splitlines() == [
+      '| group | noise_block1 | noise_last |', '|---|---|---|',
+      '| block1 | **2.00** | 0.30 |', '| last | 0.50 | **4.00** |']
 
 
 def test_bad_target_size(tiny):
