@@ -121,14 +121,34 @@ def _load_stream(workdir, shift, method):
 def write_outputs(workdir, rows, methods, shifts, config):
   shown = [m for m in methods if any(r['method'] == m for r in rows)]
   title = f'MEMO on CIFAR-10-C (severity {config.severity}), ResNet-26'
+  settings = '; '.join(
+      f'{mode}: ' + ', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
+                              for k, v in {**adapt.DEFAULTS[mode], **_mode_kwargs(config, mode)}.items())
+      for mode in adapt.MODES)
   text, _ = results_lib.markdown_summary(
-      rows, shown, shifts, title, protocol='one MEMO setting per mode (see config.json).',
+      rows, shown, shifts, title, protocol='one MEMO setting per mode, no tuning.',
+      show_lrs=False,
       notes=(f'{config.num_images} test images per corruption, adapted in one seeded, '
              f'class-balanced stream; {config.num_copies} augmented copies, {config.steps} '
-             'step(s). Episodic resets to the source model after every image; online keeps the updates.'))
+             'step(s). Episodic resets to the source model after every image; online keeps '
+             f'the updates. Optimizers: {settings}.\n\n' + _speed_markdown(rows, shown)))
   results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
-  plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')])
+  plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')
+                                       or m == 'no_adaptation'])
   return text
+
+
+def _speed_markdown(rows, methods):
+  """Adapted images per second per setting: median over corruptions of each run's rate
+  (the runner's `extra` column; compilation excluded)."""
+  lines = ['Adapted images per second (median over corruptions):', '']
+  for m in methods:
+    rates = [float(r['extra'].split()[0]) for r in rows
+             if r['method'] == m and r.get('extra', '').endswith('images/s')]
+    rates = [x for x in rates if not np.isnan(x)]
+    if rates:
+      lines.append(f'- {m}: {np.median(rates):.2f}')
+  return '\n'.join(lines)
 
 
 def plot_online_stream(workdir, shifts, methods):
@@ -147,7 +167,8 @@ def plot_online_stream(workdir, shifts, methods):
     return
   fig, ax = plt.subplots(figsize=(6, 4))
   for m, c in curves.items():
-    ax.plot(np.arange(1, len(c) + 1), 100 * c, label=m)
+    style = dict(color='0.4', linestyle='--') if m == 'no_adaptation' else {}
+    ax.plot(np.arange(1, len(c) + 1), 100 * c, label=m, **style)
   ax.set_xlabel('test images seen')
   ax.set_ylabel('online accuracy so far (%)')
   ax.set_title('MEMO online, averaged over corruptions')

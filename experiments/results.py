@@ -124,7 +124,8 @@ FINETUNE_PROTOCOL = ('learning rate chosen on target validation accuracy, epoch 
                      'stopping.')
 
 
-def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_PROTOCOL):
+def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_PROTOCOL,
+                     show_lrs=True):
   table, chosen = summarize(rows, methods, shifts)
   ranks = average_ranks(table, methods, shifts)
   seeds = sorted({r['seed'] for r in rows})
@@ -146,8 +147,9 @@ def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_P
     avg = (sum(present) / len(present), float('nan')) if len(present) == len(shifts) and present else None
     rank = f'{ranks[m]:.2f}' if m in ranks else '–'
     lines.append('| ' + ' | '.join([m] + [cell(v) for v in vals] + [cell(avg), rank]) + ' |')
-  lines += ['', 'Chosen learning rates:', '']
-  for m in methods:
+  if show_lrs:
+    lines += ['', 'Chosen learning rates:', '']
+  for m in methods if show_lrs else ():
     picks = [f'{s}: {chosen[(s, m)][0]["lr"]}' + (f' ({chosen[(s, m)][0]["hparam"]})'
                                                  if chosen[(s, m)][0].get('hparam') else '')
              for s in shifts if (s, m) in chosen]
