@@ -72,7 +72,11 @@ def rgn_weights(workdir, shift, lr, seed, groups_of):
 def rgn_group_means_markdown(panels):
   """Mean accumulated weight per group (rows) and panel (columns), over the tensors
   Auto-RGN weighted; the largest entry of each column in bold."""
-  groups = list(dict.fromkeys(g for _, _, gs, _ in panels for g in gs))
+  first_seen = {}
+  for _, tensors, gs, _ in panels:
+    for t, g in zip(tensors, gs):
+      first_seen[g] = min(first_seen.get(g, _network_position(t)), _network_position(t))
+  groups = sorted(first_seen, key=first_seen.get)  # network order, input first
   means = []
   for _, _, gs, summed in panels:
     col = {}

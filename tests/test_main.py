@@ -195,10 +195,11 @@ def test_target_sizes_and_rgn_figure(tiny):
 
 
 def test_rgn_group_means_skip_unweighted_tensors_and_bold_the_top_group():
-  panels = [('noise_block1', ['a', 'b', 'n', 'c'], ['block1', 'block1', 'block1', 'last'],
-             np.array([1.0, 3.0, 0.0, 0.5])),
-            ('noise_last', ['a', 'b', 'n', 'c'], ['block1', 'block1', 'block1', 'last'],
-             np.array([0.2, 0.4, 0.0, 4.0]))]
+  tensors = ['head/kernel', 'stage1/block0/conv1/kernel', 'stage1/block0/conv2/kernel',
+             'stage1/block0/norm1/scale']  # tree order; the table lists groups input first
+  groups = ['last', 'block1', 'block1', 'block1']
+  panels = [('noise_block1', tensors, groups, np.array([0.5, 1.0, 3.0, 0.0])),
+            ('noise_last', tensors, groups, np.array([4.0, 0.2, 0.4, 0.0]))]
   assert figures.rgn_group_means_markdown(panels).splitlines() == [
       '| group | noise_block1 | noise_last |', '|---|---|---|',
       '| block1 | **2.00** | 0.30 |', '| last | 0.50 | **4.00** |']
