@@ -4,9 +4,10 @@ Tables 2 and 9).
     python -m experiments.main --config=configs/memo_cifar10c.py --workdir=workdir/memo \
         --config.init_checkpoint=../shared/weights/memo_resnet26_gn_cifar10.pth
 
-Expect online adaptation of the first layers (`first_2_layers`, `block1`) to beat online
-adaptation of `all`, whose accuracy decays along the test stream (paper Fig. 4, right).
-On 2 CPU cores one adapted image takes seconds; run the full grid on a GPU.
+Expect online adaptation of the first layers to beat online adaptation of `all`, whose
+accuracy decays along the test stream (paper Fig. 4, right): results/memo/ has online
+first_layer 53.3% against all 10.8% (average of 4 corruptions, 500 images each). On 2
+CPU cores MEMO adapts 5 (`all`) to 12 (`last`) images/s; the grid took 70 minutes.
 """
 import ml_collections
 
