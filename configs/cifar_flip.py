@@ -2,7 +2,8 @@
 
     python -m experiments.main --config=configs/cifar_flip.py --workdir=workdir/cifar_flip
 
-Expect `last` to be the best block to tune, well ahead of `block1`. 1,000 tune
+Expect `last` to be the best block to tune, well ahead of `block1`: results/cifar_flip/
+has last 81.3%, all 55.8%, block1 21.1% (seed 0, lr 1e-3 / last {1e-1, 1e-2}). 1,000 tune
 examples (100 per class) from the CIFAR-10 test set, 100 for validation, the rest to test.
 """
 from configs import cifar10c
