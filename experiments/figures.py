@@ -75,22 +75,21 @@ def rgn_group_means_markdown(panels):
   first_seen = {}
   for _, tensors, gs, _ in panels:
     for t, g in zip(tensors, gs):
-      first_seen[g] = min(first_seen.get(g, _network_position(t)), _network_position(t))
+      pos = _network_position(t)
+      first_seen[g] = min(first_seen.get(g, pos), pos)
   groups = sorted(first_seen, key=first_seen.get)  # network order, input first
-  means = []
+  columns = []  # per panel: {group: mean or None}, and the column's largest mean
   for _, _, gs, summed in panels:
     col = {}
     for g in groups:
       vals = [w for gi, w in zip(gs, summed) if gi == g and w > 0]
       col[g] = float(np.mean(vals)) if vals else None
-    means.append(col)
+    columns.append((col, max((x for x in col.values() if x is not None), default=None)))
   lines = ['| group | ' + ' | '.join(p[0] for p in panels) + ' |',
            '|---|' + '---|' * len(panels)]
   for g in groups:
-    cells = []
-    for col in means:
-      v, top = col[g], max((x for x in col.values() if x is not None), default=None)
-      cells.append('–' if v is None else (f'**{v:.2f}**' if v == top else f'{v:.2f}'))
+    cells = ['–' if col[g] is None else (f'**{col[g]:.2f}**' if col[g] == top else f'{col[g]:.2f}')
+             for col, top in columns]
     lines.append(f'| {g} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

@@ -149,12 +149,12 @@ def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_P
     lines.append('| ' + ' | '.join([m] + [cell(v) for v in vals] + [cell(avg), rank]) + ' |')
   if show_lrs:
     lines += ['', 'Chosen learning rates:', '']
-  for m in methods if show_lrs else ():
-    picks = [f'{s}: {chosen[(s, m)][0]["lr"]}' + (f' ({chosen[(s, m)][0]["hparam"]})'
-                                                 if chosen[(s, m)][0].get('hparam') else '')
-             for s in shifts if (s, m) in chosen]
-    if picks:
-      lines.append(f'- {m}: ' + ', '.join(picks))
+    for m in methods:
+      picks = [f'{s}: {chosen[(s, m)][0]["lr"]}' + (f' ({chosen[(s, m)][0]["hparam"]})'
+                                                   if chosen[(s, m)][0].get('hparam') else '')
+               for s in shifts if (s, m) in chosen]
+      if picks:
+        lines.append(f'- {m}: ' + ', '.join(picks))
   if notes:
     lines += ['', notes]
   return '\n'.join(lines) + '\n', table
