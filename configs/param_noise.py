@@ -4,9 +4,10 @@
 
 The source ResNet-26 gets Gaussian noise on one group (norm `param_noise.group_scales`
 times each tensor's norm, calibrated below), then each group, `all` and `auto_rgn` are
-tuned on the clean CIFAR-10 test set. Expect the noised group to be the best one to tune (the diagonal of the matrix in
-summary.md), auto_rgn to match it and beat `all` (Table 5), and Auto-RGN's accumulated
-weights to be largest on the noised group (auto_rgn_weights.png, Fig. 6). Measured in
+tuned on the clean CIFAR-10 test set. Expect the noised group to be the best one to
+tune (the diagonal of the matrix in summary.md), auto_rgn to match it and beat `all`
+(Table 5), and Auto-RGN's accumulated weights to be largest on the noised group
+(auto_rgn_weights.png, Fig. 6). Measured in
 results/param_noise/: the noised group is the best single group in every column, but
 `all` edges it (by at most 1.4 points) except for `last`, and Auto-RGN trails `all`.
 """
