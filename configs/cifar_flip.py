@@ -13,9 +13,10 @@ def get_config(arg=None):
   c = cifar10c.get_config()
   c.title = 'CIFAR-Flip (labels y -> 9 - y), ResNet-26'
   c.init_checkpoint = '../shared/weights/memo_resnet26_gn_cifar10.pth'
-  c.corruptions = 'label_flip'
-  c.methods = ('no_adaptation,all,first_layer,block1,block2,block3,last,auto_rgn,cross_val,'
-               'gradual_unfreeze_first_last,gradual_unfreeze_last_first,l1_sp,auto_snr')
+  c.corruptions = ('label_flip',)
+  c.methods = ('no_adaptation', 'all', 'first_layer', 'block1', 'block2', 'block3', 'last',
+               'auto_rgn', 'cross_val', 'gradual_unfreeze_first_last',
+               'gradual_unfreeze_last_first', 'l1_sp', 'auto_snr')
   if arg:
-    c.seeds = arg
+    c.seeds = tuple(int(s) for s in arg.split(','))
   return c

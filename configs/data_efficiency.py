@@ -12,7 +12,7 @@ def get_config(arg=None):
   c = cifar10c.get_config()
   c.title = 'CIFAR-10-C (severity 5): accuracy against target examples'
   c.init_checkpoint = '../shared/weights/memo_resnet26_gn_cifar10.pth'
-  c.corruptions = arg or 'gaussian_noise,glass_blur,snow,jpeg_compression'
-  c.tune_sizes = '100,250,500,1000,2000'
-  c.methods = 'block1,all,last'
+  c.corruptions = tuple((arg or 'gaussian_noise,glass_blur,snow,jpeg_compression').split(','))
+  c.tune_sizes = (100, 250, 500, 1000, 2000)
+  c.methods = ('block1', 'all', 'last')
   return c

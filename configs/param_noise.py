@@ -18,8 +18,8 @@ def get_config(arg=None):
   c = cifar10c.get_config()
   c.title = 'Parameter-noise shifts: noised group (columns) x tuned group (rows)'
   c.init_checkpoint = '../shared/weights/memo_resnet26_gn_cifar10.pth'
-  c.corruptions = 'noise_block1,noise_block2,noise_block3,noise_last'
-  c.methods = 'no_adaptation,all,block1,block2,block3,last,auto_rgn'
+  c.corruptions = ('noise_block1', 'noise_block2', 'noise_block3', 'noise_last')
+  c.methods = ('no_adaptation', 'all', 'block1', 'block2', 'block3', 'last', 'auto_rgn')
   # The paper gives no noise size. A single relative scale hits the groups very
   # unevenly (at 1.0: block1 51%, block2 40%, last 79%; block3 is near chance), so each
   # group gets the scale that takes the source model from 83% to about 50% on 2,000

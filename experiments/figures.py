@@ -2,6 +2,7 @@
 Auto-RGN weights accumulated over training per tensor (Fig. 6)."""
 import json
 import math
+import re
 import os
 from collections import defaultdict
 
@@ -69,15 +70,13 @@ def rgn_weights(workdir, shift, lr, seed, groups_of):
   return data['tensors'], [groups_of(t) for t in data['tensors']], summed
 
 
-def rgn_group_means_markdown(panels):
-  """Mean accumulated weight per group (rows) and panel (columns), over the tensors
-  Auto-RGN weighted; the largest entry of each column in bold."""
-  first_seen = {}
-  for _, tensors, gs, _ in panels:
-    for t, g in zip(tensors, gs):
-      pos = _network_position(t)
-      first_seen[g] = min(first_seen.get(g, pos), pos)
-  groups = sorted(first_seen, key=first_seen.get)  # network order, input first
+def rgn_group_means_markdown(panels, model_groups):
+  """Mean accumulated weight per group (rows, in the model's network order) and panel
+  (columns), over the tensors Auto-RGN weighted; the largest of each column in bold."""
+  from surgery.groups import group_names
+  seen = {g for _, _, gs, _ in panels for g in gs}
+  order = group_names(model_groups)
+  groups = [g for g in order if g in seen] + sorted(seen - set(order))
   columns = []  # per panel: {group: mean or None}, and the column's largest mean
   for _, _, gs, summed in panels:
     col = {}
@@ -94,7 +93,7 @@ def rgn_group_means_markdown(panels):
   return '\n'.join(lines)
 
 
-def plot_rgn_weights(panels, path):
+def plot_rgn_weights(panels, path, model_groups):
   """One panel per shift: accumulated weight per tensor in network order, coloured by
   group (paper Fig. 6). `panels` is [(title, tensors, groups, summed)]."""
   plt = _pyplot()
@@ -102,8 +101,9 @@ def plot_rgn_weights(panels, path):
   rows = math.ceil(len(panels) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3 * rows), squeeze=False)
   palette = {}
+  position = network_order(model_groups)
   for ax, (title, tensors, groups, summed) in zip(axes.flat, panels):
-    order = sorted(range(len(tensors)), key=lambda i: _network_position(tensors[i]))
+    order = sorted(range(len(tensors)), key=lambda i: position(tensors[i]))
     for g in dict.fromkeys(groups[i] for i in order):
       palette.setdefault(g, f'C{len(palette)}')
     ax.bar(range(len(order)), [summed[i] for i in order],
@@ -119,12 +119,16 @@ def plot_rgn_weights(panels, path):
   _save(fig, path)
 
 
-def _network_position(path):
-  parts = path.split('/')
-  stage = {'stem': 0, 'final_norm': 9, 'head': 10}.get(parts[0])
-  if stage is None:  # stageS/blockB/<layer>/<param>
-    stage = int(parts[0][5:])
-    block = int(parts[1][5:])
-    layer = {'norm1': 0, 'conv1': 1, 'norm2': 2, 'conv2': 3}.get(parts[2], 4)
-    return (stage, block, layer, parts[-1])
-  return (stage, 0, 0, parts[-1])
+def network_order(groups):
+  """Sort key for tensor paths: the model's group order (network order), then the
+  path with numbers compared as numbers (block10 after block9)."""
+  from surgery.groups import group_names
+  names = group_names(groups)
+  compiled = [(names.index(g), re.compile(rx)) for g, rx in groups]
+
+  def key(path):
+    group = next((i for i, rx in compiled if rx.search(path)), len(names))
+    return (group, [(0, int(t), '') if t.isdigit() else (1, 0, t)
+                    for t in re.split(r'(\d+)', path) if t])
+
+  return key

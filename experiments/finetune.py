@@ -1,155 +1,148 @@
-"""Supervised surgical fine-tuning sweeps (paper Section 2.1 protocol).
+"""One fine-tuning run (paper Section 2.1 protocol), for any model, dataset and method.
 
-For each shift x method x learning rate x seed: fine-tune the source model on the
-labelled target tune set, evaluate validation accuracy after every epoch, keep the
-best-validation parameters, and evaluate them once on the target test set. Finished
-runs are rows of results.csv; rerunning the same command skips them.
+Fine-tune the source model on the labelled target tune set, evaluate the validation
+metrics after every epoch, keep the parameters of the best epoch on
+`config.select_metric`, and evaluate them once on the target test set.
 """
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
 
 import surgery
-from surgery.checkpoints import load_pretrained
+from surgery.datasets import compute_metrics
 from surgery.errors import SurgeryError
-from surgery import methods as single_run
-from surgery.models import RESNET26_GROUPS, RESNET26_METHODS, ResNet26
-
-SURGICAL = ('first_layer', 'block1', 'block2', 'block3', 'last')
-# Single-run baselines of Table 4 beside Auto-RGN (surgery.methods).
-SINGLE_RUN = ('gradual_unfreeze_first_last', 'gradual_unfreeze_last_first', 'l1_sp', 'auto_snr')
-TRAINED = ('all',) + SURGICAL + ('auto_rgn',) + SINGLE_RUN
-METHODS = ('no_adaptation',) + TRAINED + ('cross_val',)
+from surgery.groups import assign_groups, path_str, trainable_mask
+from surgery.methods.auto_snr import set_snr_weights, snr_weights
+from surgery.methods.registry import Context
+from surgery.models.batchnorm import tuned_norm_layers
 
 
-def split_list(text, what, valid=None):
-  items = [t.strip() for t in str(text).split(',') if t.strip()]
-  if not items:
-    raise SurgeryError(f'no {what} given')
-  if valid is not None:
-    bad = [t for t in items if t not in valid]
-    if bad:
-      raise SurgeryError(f'unknown {what} {bad}; valid: {", ".join(valid)}')
-  return items
+class NonFiniteError(SurgeryError):
+  """A gradient update or the loss became NaN or infinite: the run stops."""
 
 
-def parse_floats(text, what):
-  try:
-    return [float(t) for t in split_list(text, what)]
-  except ValueError:
-    raise SurgeryError(f'{what} must be comma-separated numbers, got {text!r}') from None
-
-
-def build_model(config):
-  if config.model.norm not in ('group', 'batch'):
-    raise SurgeryError(f"model.norm must be 'group' or 'batch', got {config.model.norm!r}")
-  depth = config.model.get('depth', 26)
-  if depth < 8 or (depth - 2) % 6:
-    raise SurgeryError(f'model.depth must be 6n+2 >= 8, got {depth}')
-  model = ResNet26(width=config.model.width, norm_type=config.model.norm, depth=depth)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-  return model, variables
-
-
-def make_optimizer(config, method, lr, mask, steps_per_epoch, labels=None):
+def make_optimizer(config, method, lr, mask, ctx: Context):
   """The base optimizer with the lr injected into its state, so one compiled step
-  serves the whole lr grid."""
+  serves the whole lr grid; wrapped by the method, then frozen outside `mask`."""
   base = optax.inject_hyperparams(surgery.base_optimizer, static_args=('name', 'weight_decay'))(
       name=config.optimizer, learning_rate=lr, weight_decay=config.weight_decay)
-  if method in single_run.GRADUAL_UNFREEZE:
-    order = single_run.unfreeze_order(single_run.GRADUAL_UNFREEZE[method], RESNET26_GROUPS)
-    base = single_run.gradual_unfreeze(base, labels, order, steps_per_epoch)
-  elif method == 'auto_snr':
-    base = single_run.auto_snr(base)
-  elif method == 'auto_rgn':
-    rc = config.auto_rgn
-    if rc.refresh not in ('epoch', 'step'):
-      raise SurgeryError(f"auto_rgn.refresh must be 'epoch' or 'step', got {rc.refresh!r}")
-    every = steps_per_epoch if rc.refresh == 'epoch' else 1
-    base = surgery.auto_rgn(base, refresh_every=every, window=min(rc.window, every),
-                            exclude=surgery.is_norm_tensor if rc.exclude_norm else None)
+  if method.wrap is not None:
+    base = method.wrap(base, ctx)
   return surgery.surgical(base, mask)
 
 
 class Finetuner:
   """Runs one fine-tuning run at a time, reusing compiled steps across runs."""
 
-  def __init__(self, model, config, mesh=None):
-    self.model, self.config, self.mesh = model, config, mesh
-    self.predict = surgery.make_predict(model, mesh)
+  def __init__(self, model_spec, config, mesh=None):
+    self.spec, self.config, self.mesh = model_spec, config, mesh
+    self.metric = config.get('select_metric', 'acc')
+    self.bn_mode = config.model.get('bn_mode', 'eval')
+    self.predict = surgery.make_predict(model_spec.module, mesh)
     self._steps = {}
 
-  def _step(self, key, tx, mask):
+  def _module(self, mask, model_state):
+    """The module for training: BatchNorm layers in eval mode unless tuned under
+    bn_mode='train' (frozen layers always in eval mode)."""
+    if 'batch_stats' not in model_state or not hasattr(self.spec.module, 'bn_train_layers'):
+      return self.spec.module, False
+    layers = tuned_norm_layers(mask, model_state['batch_stats']) if self.bn_mode == 'train' else ()
+    return self.spec.module.clone(bn_train_layers=layers), bool(layers)
+
+  def _step(self, key, module, tx, extra_loss=None):
+    if extra_loss is not None:  # the penalty bakes in this run's start: compile per run
+      return surgery.make_train_step(module, tx, mesh=self.mesh, extra_loss=extra_loss)
     if key not in self._steps:
-      self._steps[key] = surgery.make_train_step(self.model, tx, mask, mesh=self.mesh)
+      self._steps[key] = surgery.make_train_step(module, tx, mesh=self.mesh)
     return self._steps[key]
 
-  def _snr_refresh(self, state, x, y, hparam):
-    """Auto-SNR: this epoch's frozen set from per-example gradients on one batch."""
+  def _snr_refresh(self, state, x, y, threshold):
+    """Auto-SNR: this epoch's frozen set from gradients on one measuring batch."""
     sc = self.config.auto_snr
-    weights = single_run.snr_weights(
-        self._example_loss, state.params, (x, y.astype(np.int32)), _hparam_value(hparam),
+    weights = snr_weights(
+        self._example_loss, state.params, (x, y.astype(np.int32)), threshold,
         variant=sc.variant, chunk_size=sc.chunk_size,
         exclude=surgery.is_norm_tensor if sc.exclude_norm else None)
     return state._replace(opt_state=surgery.replicate(
-        self.mesh, single_run.set_snr_weights(state.opt_state, weights)))
+        self.mesh, set_snr_weights(state.opt_state, weights)))
 
   def _example_loss(self, params, example):
     x, y = example
-    logits = self.model.apply({'params': params}, surgery.train.to_float_images(x[None]))
+    logits = surgery.train.forward(self.spec.module, params, self._snr_model_state,
+                                   surgery.train.to_float_images(x[None]), train=False)[0]
     return surgery.train.cross_entropy(logits, y[None])
 
-  def evaluate(self, params, model_state, images, labels):
-    return surgery.evaluate(self.predict, params, model_state, images, labels,
-                            self.config.eval_batch_size, self.mesh)
+  def metrics(self, params, model_state, data):
+    images, labels = data[0], data[1]
+    preds = surgery.train.predictions(self.predict, params, model_state, images,
+                                      self.config.eval_batch_size, self.mesh)
+    return compute_metrics(preds, labels, *data[2:])
 
-  def run(self, params, model_state, method, lr, seed, tune, val, test, desc='', hparam=''):
+  def run(self, params, model_state, method, lr, seed, tune, val, test, desc='', hparam=None):
     """Returns (row fields, per-epoch history, Auto-RGN weights per epoch or None)."""
     cfg = self.config
-    x_tune, y_tune = tune
+    x_tune, y_tune = tune[0], tune[1]
     n, bs = len(x_tune), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
-    spec = RESNET26_METHODS.get(method, 'all')
-    mask = surgery.trainable_mask(params, RESNET26_GROUPS, spec)
-    labels = surgery.assign_groups(params, RESNET26_GROUPS)
-    tx = make_optimizer(cfg, method, lr, mask, steps_per_epoch, labels)
-    extra_loss = (single_run.l1_sp_penalty(params, _hparam_value(hparam))
-                  if method == 'l1_sp' else None)
-    if extra_loss is None:
-      step = self._step((method, steps_per_epoch), tx, mask)
-    else:  # the penalty bakes in this run's starting params: compile it for this run
-      step = surgery.make_train_step(self.model, tx, mask, mesh=self.mesh, extra_loss=extra_loss)
+    mask = trainable_mask(params, self.spec.groups, method.groups)
+    ctx = Context(steps_per_epoch, assign_groups(params, self.spec.groups), self.spec.groups,
+                  cfg.get(method.section) if method.section else None, hparam)
+    tx = make_optimizer(cfg, method, lr, mask, ctx)
+    module, bn_train = self._module(mask, model_state)
+    extra_loss = method.extra_loss(params, hparam) if method.extra_loss else None
+    step = self._step((method.name, steps_per_epoch, module.bn_train_layers
+                       if hasattr(module, 'bn_train_layers') else None), module, tx, extra_loss)
+    self._snr_model_state = model_state
     state = surgery.replicate(self.mesh, surgery.init_train_state(params, tx, model_state))
+    names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     rng = np.random.RandomState(seed)
-    best_val, best_epoch, best = -1.0, 0, None
+    best_val, best_epoch, best, best_metrics = -math.inf, 0, None, None
     history, rgn_weights = [], []
     for epoch in tqdm(range(1, cfg.epochs + 1), desc=desc, leave=False, unit='ep'):
       order = rng.permutation(n)
-      if method == 'auto_snr':
+      if method.before_epoch == 'auto_snr':
         first = order[:cfg.auto_snr.batch_size]
         state = self._snr_refresh(state, x_tune[first], y_tune[first], hparam)
+      step_metrics = []
       for b in range(steps_per_epoch):
         idx = order[b * bs:(b + 1) * bs]
-        weights = np.ones(bs, np.float32)
-        if len(idx) < bs:  # pad the short last batch; padded examples weigh 0
+        weights = np.ones(len(idx) if bn_train else bs, np.float32)
+        if len(idx) < bs and not bn_train:  # pad the short last batch; padding weighs 0
           weights[len(idx):] = 0
           idx = np.concatenate([idx, np.resize(idx, bs - len(idx))])
+        # (BatchNorm layers in train mode see the short batch unpadded instead, so
+        # padding never enters batch statistics.)
         x, y, w = surgery.shard_batch(self.mesh, x_tune[idx], y_tune[idx].astype(np.int32), weights)
         state, metrics = step(state, x, y, w)
-      val_acc = self.evaluate(state.params, state.model_state, *val)
-      history.append({'epoch': epoch, 'train_loss': float(metrics['loss']), 'val_acc': val_acc})
-      if method == 'auto_rgn':
+        step_metrics.append(metrics)
+      _check_finite(step_metrics, names, (epoch - 1) * steps_per_epoch)
+      val_metrics = self.metrics(state.params, state.model_state, val)
+      losses = jax.device_get([m['loss'] for m in step_metrics])
+      accs = jax.device_get([m['accuracy'] for m in step_metrics])
+      history.append({'epoch': epoch, 'train_loss': float(losses[-1]),
+                      'train_loss_mean': float(np.mean(losses)),
+                      'train_acc_mean': float(np.mean(accs)),
+                      **{f'val_{k}': v for k, v in val_metrics.items()}})
+      if method.wrap is not None and method.name == 'auto_rgn':
         rgn_weights.append(jax.device_get(_rgn_state(state.opt_state).weights))
-      if val_acc > best_val:
-        best_val, best_epoch = val_acc, epoch
+      if val_metrics[self.metric] > best_val:
+        best_val, best_epoch, best_metrics = val_metrics[self.metric], epoch, val_metrics
         best = jax.device_get((state.params, state.model_state))
-    test_acc = self.evaluate(best[0], best[1], *test)
-    return dict(best_epoch=best_epoch, val_acc=best_val, test_acc=test_acc), history, (
-        rgn_weights or None)
+    test_metrics = self.metrics(best[0], best[1], test)
+    fields = dict(best_epoch=best_epoch, **{f'val_{k}': v for k, v in best_metrics.items()},
+                  **{f'test_{k}': v for k, v in test_metrics.items()})
+    return fields, history, (rgn_weights or None)
+
+
+def _check_finite(step_metrics, names, first_step):
+  flags = np.stack(jax.device_get([m['nonfinite'] for m in step_metrics]))
+  if flags.any():
+    i, leaf = np.argwhere(flags)[0]
+    raise NonFiniteError(f'non-finite update or loss at step {first_step + i + 1} in tensor '
+                         f'{names[leaf]}; lower the learning rate or check the data')
 
 
 def _rgn_state(opt_state):
@@ -159,33 +152,9 @@ def _rgn_state(opt_state):
   raise ValueError('no Auto-RGN state in the optimizer state')
 
 
-def source_params(config, workdir, model, variables):
-  """Stage 1: the pre-trained source model (loaded, or trained and saved in workdir)."""
-  template = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
+def source_variables(config, workdir, spec):
+  """Stage 1: the pre-trained source model's variables (loaded, or trained and saved)."""
   if config.init_checkpoint:
-    if model_state:
-      raise SurgeryError('init_checkpoint holds params only; use model.norm=group with it')
-    return load_pretrained(config.init_checkpoint, template), model_state
+    return spec.load(config.init_checkpoint)
   from experiments import pretrain
-  return pretrain.pretrain_or_load(config, workdir, model, variables)
-
-
-def hparam_grid(config, method):
-  """A method's own setting swept beside the lr: L1-SP's lambda, Auto-SNR's threshold."""
-  if method == 'l1_sp':
-    return [f'lam={v:g}' for v in parse_floats(config.l1_sp.lambdas, 'l1_sp.lambdas')]
-  if method == 'auto_snr':
-    return [f'threshold={v:g}' for v in parse_floats(config.auto_snr.thresholds,
-                                                      'auto_snr.thresholds')]
-  return ['']
-
-
-def _hparam_value(hparam):
-  return float(hparam.split('=', 1)[1])
-
-
-def lr_grid(config, method):
-  if method == 'no_adaptation':
-    return [0.0]
-  return parse_floats(config.last_lrs if method == 'last' else config.lrs, 'learning rates')
+  return pretrain.pretrain_or_load(config, workdir, spec)

@@ -18,7 +18,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for results and check
 flags.mark_flags_as_required(['config', 'workdir'])
 
 EXPERIMENTS = {
-    'finetune': 'experiments.cifar10c',
+    'finetune': 'experiments.sweep',
     'memo': 'experiments.memo',
 }
 
@@ -27,8 +27,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # keep progress output readable
-  config = _CONFIG.value
   try:
+    try:  # ml_collections reports a missing or broken config file on first access
+      config = _CONFIG.value
+      config.experiment  # noqa: B018
+    except OSError as e:
+      raise SurgeryError(f'--config: {str(e).strip().splitlines()[-1].strip()}') from None
     if config.experiment not in EXPERIMENTS:
       raise SurgeryError(f'unknown experiment {config.experiment!r}; valid: {sorted(EXPERIMENTS)}')
     module = __import__(EXPERIMENTS[config.experiment], fromlist=['train_and_evaluate'])

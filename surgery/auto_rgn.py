@@ -2,7 +2,7 @@
 
 For each tensor, RGN = ||g||_2 / ||theta||_2. Normalised by the largest RGN over the
 tensors it applies to, it scales that tensor's *update* from an inner optimizer, so
-the tensor's effective learning rate is weight * lr, with weight in (0, 1].
+the tensor's effective learning rate is weight * lr, with weight in [0, 1].
 
 The weight multiplies the inner update, not the gradient: Adam divides by the
 gradient's own scale, so scaling its input would cancel out.
@@ -13,6 +13,22 @@ The authors' code uses one refresh per epoch from 5 batches measured in a separa
 pass before the epoch; here the first `window` steps of a period use the running mean
 of the RGNs seen so far in it, which equals their weights from step `window` on and
 needs no extra pass.
+
+Inner state: by default the inner optimizer's state (Adam's moments and step count)
+carries over across refreshes. `reset_inner=True` resets it to `inner.init(params)` on
+the first step of every period after the first, which reproduces the authors' code: it
+rebuilds Adam each epoch. Hyperparameters injected with `optax.inject_hyperparams`
+(and their schedules' step counts) are kept, so an injected lr survives the reset.
+
+Degenerate tensors:
+  * ||theta|| == 0 (e.g. a zero-initialised bias): its relative gradient is unbounded,
+    so it gets weight 1 (the full lr) and stays out of the normaliser; scoring it by
+    ||g|| / eps instead would give it all the weight and every other tensor ~0. Zero at
+    any step of a window, it keeps weight 1 for that period.
+  * a non-finite gradient norm within a window: the tensor gets weight 0 for the
+    period and stays out of the normaliser, so one bad tensor does not turn every
+    weight into NaN. Stopping the run on it is the caller's job; its own update is
+    still non-finite.
 """
 import re
 from typing import Any, Callable, NamedTuple, Optional
@@ -25,6 +41,7 @@ from surgery.groups import path_str
 
 
 _NORM_MODULE = re.compile(r'norm|^(bn|gn)\d*$')
+_HYPER_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
 
 class AutoRGNState(NamedTuple):
@@ -34,11 +51,22 @@ class AutoRGNState(NamedTuple):
   inner_state: optax.OptState
 
 
-def relative_grad_norms(grads: Any, params: Any, eps: float = 1e-12) -> Any:
-  """||g|| / ||theta|| per tensor (a zero tensor counts as norm `eps`)."""
-  return jax.tree_util.tree_map(
-      lambda g, p: jnp.linalg.norm(g.ravel()) / jnp.maximum(jnp.linalg.norm(p.ravel()), eps),
-      grads, params)
+def relative_grad_norms(grads: Any, params: Any) -> Any:
+  """||g|| / ||theta|| per tensor, in float32.
+
+  +inf where ||theta|| == 0 (unbounded), NaN where ||g|| is not finite, so callers can
+  tell the two apart (see the module docstring).
+  """
+
+  def rgn(g, p):
+    g_norm = jnp.linalg.norm(g.ravel()).astype(jnp.float32)
+    p_norm = jnp.linalg.norm(p.ravel()).astype(jnp.float32)
+    zero = p_norm == 0
+    # Divide by 1 where zero: 0 / 0 would make a NaN that reads as a bad gradient.
+    ratio = jnp.where(zero, jnp.inf, g_norm / jnp.where(zero, 1.0, p_norm))
+    return jnp.where(jnp.isfinite(g_norm), ratio, jnp.nan)
+
+  return jax.tree_util.tree_map(rgn, grads, params)
 
 
 def is_norm_tensor(path: str) -> bool:
@@ -46,9 +74,36 @@ def is_norm_tensor(path: str) -> bool:
   return any(_NORM_MODULE.search(part) for part in path.lower().split('/')[:-1])
 
 
+def _normalised(mean_rgn: Any, include: Any, eps: float) -> Any:
+  """Window-mean RGNs to weights: divided by the largest finite one among `include`;
+  +inf (a zero tensor) -> 1, NaN (a bad gradient) or excluded -> 0."""
+  finite = [jnp.where(jnp.isfinite(m), m, 0.0) for m, i in
+            zip(jax.tree_util.tree_leaves(mean_rgn), jax.tree_util.tree_leaves(include)) if i]
+  top = jnp.maximum(jnp.max(jnp.stack(finite or [jnp.zeros([])])), eps)
+
+  def weight(m, i):
+    w = jnp.where(m == jnp.inf, 1.0, jnp.where(jnp.isfinite(m), m / top, 0.0))
+    return jnp.where(i, w, 0.0)
+
+  return jax.tree_util.tree_map(weight, mean_rgn, include)
+
+
+def _reset_where(now: jax.Array, fresh: Any, old: Any) -> Any:
+  """Inner state `fresh` where `now`, else `old`. Injected hyperparameters are always
+  taken from `old`: `fresh` holds the values the optimizer was built with, not those
+  set in its state since (as a shared compiled step does for an lr grid)."""
+
+  def pick(f, o):
+    if isinstance(o, _HYPER_STATES):
+      return o._replace(inner_state=_reset_where(now, f.inner_state, o.inner_state))
+    return jnp.where(now, f, o)
+
+  return jax.tree_util.tree_map(pick, fresh, old, is_leaf=lambda x: isinstance(x, _HYPER_STATES))
+
+
 def auto_rgn(inner: optax.GradientTransformation, refresh_every: int = 1, window: int = 1,
-             exclude: Optional[Callable[[str], bool]] = None,
-             eps: float = 1e-12) -> optax.GradientTransformation:
+             exclude: Optional[Callable[[str], bool]] = None, eps: float = 1e-12,
+             reset_inner: bool = False) -> optax.GradientTransformation:
   """Wraps `inner` so each tensor's update is scaled by its normalised RGN.
 
   Args:
@@ -57,7 +112,9 @@ def auto_rgn(inner: optax.GradientTransformation, refresh_every: int = 1, window
     window: number of steps at the start of each period whose RGNs are averaged.
     exclude: path predicate; excluded tensors get weight 0 (not tuned) and do not
       take part in the normalisation. `is_norm_tensor` reproduces the authors' code.
-    eps: floor on ||theta|| and on the normaliser.
+    eps: floor on the normaliser.
+    reset_inner: reset the inner state to `inner.init(params)` at every refresh after
+      the first (the authors' code); by default it carries over.
   """
   if refresh_every < 1 or not 1 <= window <= refresh_every:
     raise ValueError(f'need refresh_every >= 1 and 1 <= window <= refresh_every, '
@@ -78,22 +135,22 @@ def auto_rgn(inner: optax.GradientTransformation, refresh_every: int = 1, window
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
-    inc = included(params)
-    rgn = relative_grad_norms(updates, params, eps)
+    rgn = relative_grad_norms(updates, params)
     phase = state.count % refresh_every
     in_window = phase < window
+    # inf (zero tensor) and NaN (bad gradient) stick in the sum for the whole window.
     rgn_sum = jax.tree_util.tree_map(
-        lambda s, r: jnp.where(phase == 0, 0.0, s) + r.astype(jnp.float32), state.rgn_sum, rgn)
+        lambda s, r: jnp.where(phase == 0, 0.0, s) + r, state.rgn_sum, rgn)
     mean = jax.tree_util.tree_map(lambda s: s / (phase + 1).astype(jnp.float32), rgn_sum)
-    top = jnp.max(jnp.stack([m for m, i in zip(jax.tree_util.tree_leaves(mean),
-                                                jax.tree_util.tree_leaves(inc)) if i]
-                            or [jnp.zeros([])]))
-    fresh = jax.tree_util.tree_map(
-        lambda m, i: jnp.where(i, m / jnp.maximum(top, eps), 0.0), mean, inc)
+    fresh = _normalised(mean, included(params), eps)
     weights = jax.tree_util.tree_map(lambda f, w: jnp.where(in_window, f, w), fresh, state.weights)
     rgn_sum = jax.tree_util.tree_map(lambda s, o: jnp.where(in_window, s, o), rgn_sum, state.rgn_sum)
 
-    inner_updates, inner_state = inner.update(updates, state.inner_state, params)
+    inner_state = state.inner_state
+    if reset_inner:
+      refresh = (phase == 0) & (state.count > 0)
+      inner_state = _reset_where(refresh, inner.init(params), inner_state)
+    inner_updates, inner_state = inner.update(updates, inner_state, params)
     scaled = jax.tree_util.tree_map(lambda u, w: (u * w).astype(u.dtype), inner_updates, weights)
     return scaled, AutoRGNState(state.count + 1, rgn_sum, weights, inner_state)
 

@@ -1,13 +1,17 @@
 """Frozen-aware optimizers: surgical fine-tuning as an `optax.partition`.
 
-Tuned leaves go through the base optimizer; frozen leaves through
-`optax.set_to_zero`, which keeps no state and never reads its input gradient. Nothing
-downstream may read a frozen gradient either (a global-norm clip over every leaf
-would), so under `jax.jit` XLA drops the backward work for frozen weights.
+Freezing lives entirely in the optimizer: tuned leaves go through the base optimizer,
+frozen leaves through `keep_frozen()`, which keeps no state, never reads its input
+gradient and returns an update of -0.0. `p + (-0.0)` is bitwise `p` for every float
+(including -0.0, which `p + 0.0` would turn into +0.0), so plain `optax.apply_updates`
+leaves frozen parameters bitwise unchanged and the train step needs no separate mask.
+Nothing downstream may read a frozen gradient either (a global-norm clip over every
+leaf would), so under `jax.jit` XLA drops the backward work for frozen weights.
 """
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from surgery.errors import SurgeryError
@@ -38,24 +42,38 @@ def base_optimizer(name: str = 'adam', learning_rate: Any = 1e-3, weight_decay: 
     if name == 'adam':
       chain.append(optax.adam(learning_rate))
     else:
-      chain.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+      # `momentum` may be a tracer under optax.inject_hyperparams: no truth test on it.
+      chain.append(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
   return optax.chain(*chain)
 
 
+NO_UPDATE = -0.0  # the update of a frozen leaf: p + (-0.0) is bitwise p
+
+
+def keep_frozen() -> optax.GradientTransformation:
+  """`optax.set_to_zero` with -0.0 instead of +0.0, so `optax.apply_updates` returns
+  frozen parameters bitwise unchanged. Stateless; never reads the gradient."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map(lambda u: jnp.full_like(u, NO_UPDATE), updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def surgical(base: optax.GradientTransformation, mask: Any) -> optax.GradientTransformation:
-  """`base` on leaves where `mask` is True; frozen (zero update, no state) elsewhere."""
+  """`base` on leaves where `mask` is True; frozen (update -0.0, no state) elsewhere."""
   labels = jax.tree_util.tree_map(lambda m: TUNE if m else FREEZE, mask)
-  return optax.partition({TUNE: base, FREEZE: optax.set_to_zero()}, labels)
+  return optax.partition({TUNE: base, FREEZE: keep_frozen()}, labels)
 
 
-def apply_updates(params: Any, updates: Any, mask: Any) -> Any:
-  """`optax.apply_updates`, but frozen leaves are passed through untouched.
-
-  `p + 0.0` is not bitwise `p` when p is -0.0, and it would keep the addition alive;
-  returning the leaf itself keeps frozen parameters exactly as they were.
-  """
-  return jax.tree_util.tree_map(
-      lambda p, u, m: (p + u).astype(p.dtype) if m else p, params, updates, mask)
+def apply_updates(params: Any, updates: Any) -> Any:
+  """`optax.apply_updates`; kept as a name for callers that stepped with a mask."""
+  return optax.apply_updates(params, updates)
 
 
 def state_bytes(opt_state: Any) -> int:

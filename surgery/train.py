@@ -5,6 +5,7 @@ along it, parameters and optimizer state are replicated, and XLA inserts the gra
 all-reduce. (`jax.pmap` is in maintenance mode since JAX 0.8; nothing here uses it.)
 The same step function runs unchanged with or without a mesh.
 """
+import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -14,7 +15,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from surgery.errors import SurgeryError
-from surgery.optim import apply_updates
 
 DATA_AXIS = 'data'
 
@@ -70,11 +70,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: Optional[jax.Ar
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _forward(model, params, model_state, images, train):
+def takes_train_flag(model) -> bool:
+  """Whether `model.__call__` accepts `train=` (Linen modules may or may not)."""
+  try:
+    params = inspect.signature(model.__call__).parameters
+  except (TypeError, ValueError):
+    return False
+  return 'train' in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def forward(model, params, model_state, images, train):
+  """(logits, new model_state). `model_state` holds non-parameter collections such as
+  `batch_stats`; they are mutable only in train mode, so eval never moves them."""
   variables = {'params': params, **model_state}
+  kwargs = {'train': train} if takes_train_flag(model) else {}
   if train and model_state:
-    return model.apply(variables, images, train=True, mutable=list(model_state))
-  return model.apply(variables, images, train=train), model_state
+    return model.apply(variables, images, mutable=list(model_state), **kwargs)
+  return model.apply(variables, images, **kwargs), model_state
 
 
 def to_float_images(images: jax.Array) -> jax.Array:
@@ -84,38 +96,46 @@ def to_float_images(images: jax.Array) -> jax.Array:
   return images
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, mask: Any,
+def make_train_step(model, optimizer: optax.GradientTransformation,
                     mesh: Optional[Mesh] = None,
                     loss_fn: Callable = cross_entropy,
                     extra_loss: Optional[Callable[[Any], jax.Array]] = None,
                     donate: bool = False):
   """A jitted `step(state, images, labels, weights=None) -> (state, metrics)`.
 
+  Freezing is the optimizer's business (`surgery.surgical`): frozen leaves get an
+  update of -0.0, which `optax.apply_updates` adds bitwise-exactly, and since nothing
+  reads their gradients XLA never computes them. `model` is a Linen module, with or
+  without a `train` argument (see `surgery.nnx_model` for Flax NNX).
+
   `weights` (per example, 0 or 1) lets a short last batch be padded to the compiled
   shape yet count exactly like a smaller batch (GroupNorm mixes no examples).
+  `extra_loss(params)` adds a regulariser (e.g. L1-SP). `donate` lets XLA reuse the
+  input state's buffers: faster, but every array of the old state (including params
+  it shares with the caller) is deleted.
 
-  `mask` (True = tuned) must be the one `optimizer` was built with: frozen leaves are
-  returned as they came in, and since no one reads their gradients XLA never
-  computes them. `extra_loss(params)` adds a regulariser (e.g. L1-SP). `donate`
-  lets XLA reuse the input state's buffers: faster, but every array of the old state
-  (including params it shares with the caller) is deleted.
+  metrics: `loss`, `accuracy`, and `nonfinite`, a bool vector with one entry per
+  parameter leaf (in `jax.tree_util.tree_leaves` order), True where that leaf's update
+  is not finite; the loss is checked through it too (a NaN loss makes every tuned
+  update NaN). It reads updates, never frozen gradients, so it costs no backward work.
   """
 
   def step(state: TrainState, images, labels, weights=None):
     images = to_float_images(images)
 
     def objective(params):
-      logits, model_state = _forward(model, params, state.model_state, images, train=True)
+      logits, model_state = forward(model, params, state.model_state, images, train=True)
       loss = loss_fn(logits, labels, weights)
       total = loss + extra_loss(params) if extra_loss is not None else loss
       return total, (loss, logits, model_state)
 
     grads, (loss, logits, model_state) = jax.grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = apply_updates(state.params, updates, mask)
+    params = optax.apply_updates(state.params, updates)
     hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     acc = jnp.mean(hits) if weights is None else jnp.sum(hits * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    metrics = {'loss': loss, 'accuracy': acc}
+    nonfinite = jnp.stack([~jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)])
+    metrics = {'loss': loss, 'accuracy': acc, 'nonfinite': nonfinite | ~jnp.isfinite(loss)}
     return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
   donate_argnums = (0,) if donate else ()
@@ -139,7 +159,7 @@ def make_predict(model, mesh: Optional[Mesh] = None):
   """A jitted `predict(params, model_state, images) -> logits` (eval mode)."""
 
   def predict(params, model_state, images):
-    return _forward(model, params, model_state, to_float_images(images), train=False)[0]
+    return forward(model, params, model_state, to_float_images(images), train=False)[0]
 
   if mesh is None:
     return jax.jit(predict)
@@ -147,17 +167,28 @@ def make_predict(model, mesh: Optional[Mesh] = None):
   return jax.jit(predict, in_shardings=(rep, rep, dat), out_shardings=dat)
 
 
-def evaluate(predict, params, model_state, images: np.ndarray, labels: np.ndarray,
-             batch_size: int = 500, mesh: Optional[Mesh] = None) -> float:
-  """Accuracy over a whole array, in fixed-size batches (the last one padded), so one
-  compiled shape serves any dataset size."""
-  n, correct = len(images), 0
-  for start in range(0, n, batch_size):
+def predictions(predict, params, model_state, images: np.ndarray, batch_size: int = 512,
+                mesh: Optional[Mesh] = None) -> np.ndarray:
+  """Predicted classes over a whole array, in fixed-size batches (the last one padded),
+  so one compiled shape serves any dataset size. On a mesh the batch is rounded up to a
+  multiple of the device count, so any batch size splits."""
+  if batch_size < 1:
+    raise SurgeryError(f'evaluation batch size must be >= 1, got {batch_size}')
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  out = []
+  for start in range(0, len(images), batch_size):
     x = images[start:start + batch_size]
     real = len(x)
     if real < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - real, *x.shape[1:]), x.dtype)])
     logits = predict(params, model_state, shard_batch(mesh, x))
-    pred = np.asarray(jnp.argmax(logits, -1))[:real]
-    correct += int((pred == labels[start:start + real]).sum())
-  return correct / max(n, 1)
+    out.append(np.asarray(jnp.argmax(logits, -1))[:real])
+  return np.concatenate(out) if out else np.zeros([0], np.int64)
+
+
+def evaluate(predict, params, model_state, images: np.ndarray, labels: np.ndarray,
+             batch_size: int = 512, mesh: Optional[Mesh] = None) -> float:
+  """Accuracy over a whole array (see `predictions`)."""
+  pred = predictions(predict, params, model_state, images, batch_size, mesh)
+  return float((pred == np.asarray(labels)).sum()) / max(len(images), 1)

@@ -68,3 +68,76 @@ def test_inside_a_surgical_partition():
 def test_bad_cadence():
   with pytest.raises(ValueError, match='window'):
     surgery.auto_rgn(optax.adam(1e-3), refresh_every=2, window=3)
+
+
+def _run(tx, grads, params=PARAMS, state=None):
+  """State after feeding `grads` (a list) through `tx` at fixed params."""
+  update = jax.jit(tx.update)
+  state = tx.init(params) if state is None else state
+  for g in grads:
+    _, state = update(g, state, params)
+  return state
+
+
+def test_reset_inner_restarts_the_inner_state_at_each_refresh():
+  grads = [_grads(s) for s in (1.0, -2.0, 0.5, 3.0)]
+  adam = optax.adam(1e-2)
+  _, fresh = adam.update(grads[3], adam.init(PARAMS), PARAMS)
+  reset = _run(surgery.auto_rgn(adam, refresh_every=3, reset_inner=True), grads).inner_state
+  kept = _run(surgery.auto_rgn(adam, refresh_every=3), grads).inner_state
+  assert int(reset[0].count) == 1
+  for k in PARAMS:
+    np.testing.assert_allclose(reset[0].mu[k], fresh[0].mu[k], rtol=1e-6)
+    np.testing.assert_allclose(reset[0].nu[k], fresh[0].nu[k], rtol=1e-6)
+  assert int(kept[0].count) == 4  # the default carries the moments over
+  assert not np.allclose(kept[0].mu['w'], fresh[0].mu['w'])
+  # Within a period nothing is reset.
+  mid = _run(surgery.auto_rgn(adam, refresh_every=3, reset_inner=True), grads[:3]).inner_state
+  assert int(mid[0].count) == 3
+
+
+def test_reset_inner_keeps_an_injected_learning_rate():
+  tx = surgery.auto_rgn(optax.inject_hyperparams(optax.adam)(learning_rate=1e-2),
+                        refresh_every=2, reset_inner=True)
+  state = tx.init(PARAMS)
+  inner = state.inner_state
+  # As a compiled step shared across an lr grid sets it: in the state, after init.
+  state = state._replace(inner_state=inner._replace(
+      hyperparams={**inner.hyperparams, 'learning_rate': jnp.asarray(0.5)}))
+  inner = _run(tx, [_grads()] * 3, state=state).inner_state
+  assert float(inner.hyperparams['learning_rate']) == 0.5
+  assert int(inner.count) == 3  # the schedule's step count runs on
+  assert int(inner.inner_state[0].count) == 1  # the moments were reset
+
+
+def test_relative_grad_norms_mark_zero_tensors_and_bad_gradients():
+  rgn = surgery.relative_grad_norms(
+      {'z': jnp.ones(2), 'zz': jnp.zeros(2), 'nan': jnp.array([jnp.nan, 1.0])},
+      {'z': jnp.zeros(2), 'zz': jnp.zeros(2), 'nan': jnp.ones(2)})
+  assert float(rgn['z']) == np.inf
+  assert float(rgn['zz']) == np.inf  # 0 / 0: still a zero tensor, not a bad gradient
+  assert np.isnan(rgn['nan'])
+
+
+def test_a_zero_tensor_gets_full_weight_and_leaves_the_normaliser():
+  params = {**PARAMS, 'z': jnp.zeros(2)}
+  grads = {**_grads(), 'z': jnp.array([0.3, -0.1])}
+  tx = surgery.auto_rgn(optax.sgd(1.0))
+  _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  _, ref = tx.update(_grads(), tx.init(PARAMS), PARAMS)
+  assert float(state.weights['z']) == 1.0
+  for k in PARAMS:
+    assert float(state.weights[k]) == pytest.approx(float(ref.weights[k]), rel=1e-6)
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_a_non_finite_gradient_leaves_the_other_weights_alone(bad):
+  params = {**PARAMS, 'n': jnp.array([1.0, 2.0])}
+  grads = {**_grads(), 'n': jnp.array([bad, 0.1])}
+  tx = surgery.auto_rgn(optax.sgd(1.0))
+  _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  _, ref = tx.update(_grads(), tx.init(PARAMS), PARAMS)
+  assert float(state.weights['n']) == 0.0
+  for k in PARAMS:
+    assert np.isfinite(state.weights[k])
+    assert float(state.weights[k]) == pytest.approx(float(ref.weights[k]), rel=1e-6)

@@ -1,5 +1,6 @@
-"""The whole CIFAR-10-C runner on a tiny image folder and a tiny ResNet (depth 8)."""
+"""The whole fine-tuning runner on a tiny image folder and a tiny ResNet (depth 8)."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import pytest
 from PIL import Image
 
 from configs import cifar10c
-from experiments import cifar10c as runner
 from experiments import figures
 from experiments import finetune
-from experiments import shifts
+from experiments import sweep as runner
+from experiments.plan import make_plan
+import surgery
+from surgery import datasets, models
 from surgery.checkpoints import save_params
 from surgery.errors import SurgeryError
 
@@ -31,27 +34,32 @@ def _write_folder(root, split, per_class, seed):
       Image.fromarray(img).save(d / f'{i:04d}.png')
 
 
+TINY = dict(model__depth=8, corruptions=('gaussian_noise',),
+            methods=('no_adaptation', 'all', 'last', 'auto_rgn'), lrs=(1e-3,),
+            last_lrs=(1e-2, 1e-3), epochs=2, batch_size=16, eval_batch_size=16,
+            tune_per_class=3, val_per_class=2, auto_rgn__window=1)
+
+
+def _cli_flags(config_fields):
+  out = []
+  for k, v in config_fields.items():
+    v = ','.join(map(str, v)) if isinstance(v, tuple) else v
+    out.append(f'--config.{k.replace("__", ".")}={v}')
+  return out
+
+
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
   _write_folder(tmp_path / 'data', 'test', 8, 0)
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
   config = cifar10c.get_config()
   config.data_dir = str(tmp_path / 'data')
-  config.init_checkpoint = ''
-  config.model.depth = 8
-  config.corruptions = 'gaussian_noise'
-  config.methods = 'no_adaptation,all,last,auto_rgn'
-  config.lrs = '1e-3'
-  config.last_lrs = '1e-2,1e-3'
-  config.epochs = 2
-  config.batch_size = 16
-  config.eval_batch_size = 16
-  config.tune_per_class = 3
-  config.val_per_class = 2
-  config.auto_rgn.window = 1
+  for k, v in TINY.items():
+    section, _, field = k.rpartition('__')
+    (config[section] if section else config)[field] = v
   # Stage 1 from a saved orbax model, so the tests do not pre-train.
-  _, variables = finetune.build_model(config)
-  config.init_checkpoint = save_params(str(tmp_path / 'source'), variables['params'])
+  spec = models.create('resnet26', depth=8)
+  config.init_checkpoint = save_params(str(tmp_path / 'source'), spec.init()['params'])
   return config, tmp_path
 
 
@@ -77,6 +85,11 @@ def test_sweep_writes_outputs_and_resumes(tiny, monkeypatch):
   assert '| auto_rgn |' in summary and 'gaussian_noise' in summary
   assert os.path.getsize(os.path.join(workdir, 'accuracy_by_method.png')) > 1000
   assert os.listdir(os.path.join(workdir, 'auto_rgn')) == ['gaussian_noise_lr0.001_seed0.json']
+  assert len({r['fingerprint'] for r in rows}) == 1 and len(rows[0]['fingerprint']) == 12
+  curves = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [c['method'] for c in curves] == [r['method'] for r in rows]
+  assert [e['epoch'] for e in curves[1]['epochs']] == [1, 2]
+  assert {'train_loss', 'train_acc_mean', 'val_acc'} <= set(curves[1]['epochs'][0])
 
   # An interrupted sweep: drop the last two rows; a rerun redoes exactly those.
   with open(os.path.join(workdir, 'results.csv')) as f:
@@ -86,7 +99,7 @@ def test_sweep_writes_outputs_and_resumes(tiny, monkeypatch):
   calls = []
   original = finetune.Finetuner.run
   monkeypatch.setattr(finetune.Finetuner, 'run',
-                      lambda self, *a, **k: calls.append(a[2:4]) or original(self, *a, **k))
+                      lambda self, *a, **k: calls.append((a[2].name, a[3])) or original(self, *a, **k))
   runner.train_and_evaluate(config, workdir)
   assert calls == [('last', 0.001), ('auto_rgn', 0.001)]
   again = _rows(os.path.join(workdir, 'results.csv'))
@@ -95,45 +108,138 @@ def test_sweep_writes_outputs_and_resumes(tiny, monkeypatch):
   # report_only rewrites the summary from results.csv and runs nothing.
   os.remove(os.path.join(workdir, 'summary.md'))
   config.report_only = True
-  config.seeds = '0,1'
+  config.seeds = (0, 1)
   runner.train_and_evaluate(config, workdir)
   assert len(calls) == 2 and len(_rows(os.path.join(workdir, 'results.csv'))) == 5
   assert '| auto_rgn |' in open(os.path.join(workdir, 'summary.md')).read()
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('corruptions', 'fog_of_war', "unknown corruption ['fog_of_war']; valid: gaussian_noise"),
-    ('methods', 'all,block9', "unknown method ['block9']; valid: no_adaptation"),
+    ('corruptions', ('fog_of_war',), "corruptions: unknown shift 'fog_of_war'; valid: gaussian_noise"),
+    ('methods', ('all', 'block9'), "methods: unknown method 'block9'; valid: no_adaptation"),
     ('severity', 6, 'severity must be 1 to 5'),
     ('tune_per_class', 5000, 'cannot take 5000 tune'),
-    ('init_checkpoint', '/nonexistent.pth', 'checkpoint not found'),
+    ('init_checkpoint', '/nonexistent.pth', 'init_checkpoint: /nonexistent.pth does not exist'),
+    ('epochs', -3, 'epochs must be an integer >= 1, got -3'),
+    ('batch_size', 0, 'batch_size must be an integer >= 1, got 0'),
+    ('optimizer', 'lamb', 'optimizer must be one of adam, adamw, sgd'),
+    ('auto_rgn.refresh', 'epochs', 'auto_rgn.refresh must be one of epoch, step'),
+    ('auto_snr.variant', 'released', 'auto_snr.variant must be one of paper, channel_variance'),
+    ('model.bn_mode', 'frozen', 'model.bn_mode must be one of eval, train'),
+    ('model.name', 'resnet9000', "unknown model 'resnet9000'; valid: resnet26"),
+    ('select_metric', 'worst_group_acc', 'select_metric must be one of acc'),
+    ('lrs', (0.1, -1.0), 'lrs must be positive numbers'),
 ])
 def test_user_errors(tiny, field, value, message):
   config, tmp = tiny
-  config[field] = value
+  section, _, name = field.rpartition('.')
+  (config[section] if section else config)[name] = value
   with pytest.raises(SurgeryError) as err:
     runner.train_and_evaluate(config, str(tmp / 'work'))
   assert message in str(err.value) and '\n' not in str(err.value)
+  assert not os.path.exists(tmp / 'work' / 'results.csv')
 
 
-def test_cli_error_is_one_line_without_traceback(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', '--config=configs/cifar10c.py',
-       f'--workdir={tmp_path}', '--config.corruptions=gaussian_noise,fog_of_war'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1
+def _cli(*flags, cwd=REPO):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', 'experiments.main', *flags], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_error_line(proc, words):
+  assert proc.returncode == 1, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
-  assert proc.stderr.strip().splitlines() == [
-      "error: unknown corruption ['fog_of_war']; valid: " + ', '.join(shifts.BASES) +
-      ' (each optionally @<number of target examples>)']
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and words in lines[0], lines
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+  bad_csv = tmp_path / 'badcsv'
+  bad_csv.mkdir()
+  (bad_csv / 'results.csv').write_text('this is,not\na results file\n')
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  cases = [
+      (['--config=configs/nope.py', f'--workdir={tmp_path}/w'], 'configs/nope.py'),
+      (['--config=configs/cifar10c.py', f'--workdir={a_file}'], 'is not a directory'),
+      (['--config=configs/cifar10c.py', f'--workdir={bad_csv}'], 'results.csv'),
+      (['--config=configs/cifar10c.py', f'--workdir={tmp_path}/w', '--config.epochs=-3'],
+       'epochs must be an integer >= 1, got -3'),
+      (['--config=configs/cifar10c.py', f'--workdir={tmp_path}/w', '--config.batch_size=0'],
+       'batch_size must be an integer >= 1, got 0'),
+      (['--config=configs/cifar10c.py', f'--workdir={tmp_path}/w', '--config.methods=all,block9'],
+       "unknown method 'block9'"),
+      (['--config=configs/cifar10c.py', f'--workdir={tmp_path}/w',
+        '--config.corruptions=gaussian_noise,fog_of_war'], "unknown shift 'fog_of_war'"),
+  ]
+  for flags, words in cases:
+    _assert_one_error_line(_cli(*flags), words)
+  assert (bad_csv / 'results.csv').read_text() == 'this is,not\na results file\n'
+  assert a_file.read_text() == 'x'
+
+
+def test_cli_resume_with_a_changed_field_stops_and_keeps_old_files(tiny):
+  config, tmp = tiny
+  workdir = tmp / 'work'
+  fields = {**TINY, 'methods': ('last',), 'last_lrs': (1e-2,), 'epochs': 1,
+            'init_checkpoint': config.init_checkpoint, 'data_dir': config.data_dir}
+  flags = ['--config=configs/cifar10c.py', f'--workdir={workdir}', *_cli_flags(fields)]
+  first = _cli(*flags)
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = {f: (workdir / f).read_bytes() for f in ('results.csv', 'config.json')}
+  assert len(_rows(workdir / 'results.csv')) == 1
+  again = _cli(*flags, '--config.epochs=7', '--config.severity=3')
+  _assert_one_error_line(again, 'epochs, severity differ')
+  assert {f: (workdir / f).read_bytes() for f in before} == before
+  # Fields that do not change results may change freely.
+  ok = _cli(*flags, '--config.eval_batch_size=8', '--config.title=other')
+  assert ok.returncode == 0 and '0 to go' in ok.stdout, ok.stderr[-2000:]
+
+
+def test_sgd_runs_end_to_end(tiny):
+  config, tmp = tiny
+  config.optimizer = 'sgd'
+  config.methods = ('all', 'auto_rgn')
+  rows = runner.train_and_evaluate(config, str(tmp / 'work'))
+  assert [r['method'] for r in rows] == ['all', 'auto_rgn']
+  assert all(0 <= float(r['test_acc']) <= 1 for r in rows)
+
+
+def test_a_non_finite_update_stops_the_run_naming_step_and_tensor(tiny):
+  config, tmp = tiny
+  config.optimizer = 'sgd'
+  config.methods = ('all',)
+  config.lrs = (1e30,)
+  with pytest.raises(finetune.NonFiniteError, match=r'non-finite update or loss at step \d+ in tensor \S+/'):
+    runner.train_and_evaluate(config, str(tmp / 'work'))
+
+
+def test_batchnorm_tuned_layers_train_under_bn_mode_train(tiny, monkeypatch):
+  config, tmp = tiny
+  config.model.norm = 'batch'
+  config.model.bn_mode = 'train'
+  spec = models.create('resnet26', depth=8, norm='batch')
+  variables = spec.init()
+  config.init_checkpoint = save_params(str(tmp / 'bn_source'), {
+      'params': variables['params'], 'model_state': {'batch_stats': variables['batch_stats']}})
+  config.methods = ('last',)
+  config.last_lrs = (1e-2,)
+  config.tune_per_class = 4  # 40 tune examples, batch 16: a short batch of 8, one per device
+  calls = []
+  original = surgery.train.make_train_step
+  monkeypatch.setattr(surgery, 'make_train_step',
+                      lambda module, *a, **k: calls.append(module) or original(module, *a, **k))
+  runner.train_and_evaluate(config, str(tmp / 'work'))
+  tuned_bn = ('final_norm',)  # resnet26's last group: final norm + head
+  assert [m.bn_train_layers for m in calls] == [tuned_bn]
 
 
 def test_single_run_baselines_sweep_their_own_settings(tiny):
   config, tmp = tiny
-  config.methods = 'gradual_unfreeze_last_first,l1_sp,auto_snr'
-  config.last_lrs = '1e-2'
-  config.l1_sp.lambdas = '1e-4,1e-2'
-  config.auto_snr.thresholds = '0.5'
+  config.methods = ('gradual_unfreeze_last_first', 'l1_sp', 'auto_snr')
+  config.last_lrs = (1e-2,)
+  config.l1_sp.lambdas = (1e-4, 1e-2)
+  config.auto_snr.thresholds = (0.5,)
   config.auto_snr.batch_size = 8
   config.auto_snr.chunk_size = 4
   workdir = str(tmp / 'work')
@@ -148,14 +254,14 @@ def test_single_run_baselines_sweep_their_own_settings(tiny):
 
 def test_label_flip_and_parameter_noise_shifts(tiny):
   config, _ = tiny
-  images, labels = shifts.target_data(config, shifts.parse('clean'))
-  _, flipped = shifts.target_data(config, shifts.parse('label_flip'))
-  np.testing.assert_array_equal(flipped, 9 - labels)
+  ds = datasets.create('cifar10', config)
+  labels = ds.target('clean').labels
+  np.testing.assert_array_equal(ds.target('label_flip').labels, 9 - labels)
 
-  _, variables = finetune.build_model(config)
-  params = variables['params']
+  spec = models.create('resnet26', depth=8)
+  params = spec.init()['params']
   config.param_noise.scale = 0.5
-  noised = shifts.source_params(config, shifts.parse('noise_block2'), params)
+  noised = ds.perturb('noise_block2', params, spec.groups)
   for path, a in jax.tree_util.tree_leaves_with_path(params):
     b = dict(jax.tree_util.tree_leaves_with_path(noised))[path]
     name = jax.tree_util.keystr(path)
@@ -166,22 +272,23 @@ def test_label_flip_and_parameter_noise_shifts(tiny):
       assert np.array_equal(a, b), name
 
   # group_scales overrides the scale for its group only; bad entries name the problem.
+  names = spec.group_names()
   config.param_noise.group_scales = 'block2=2.0'
-  assert shifts.noise_scale(config, 'block2') == 2.0
-  assert shifts.noise_scale(config, 'block1') == 0.5
+  assert ds.noise_scale('block2', names) == 2.0
+  assert ds.noise_scale('block1', names) == 0.5
   for bad, words in [('stage9=1', 'unknown group'), ('block2=x', 'not group=number'),
                      ('block2=0', 'must be positive')]:
     config.param_noise.group_scales = bad
     with pytest.raises(SurgeryError, match=words):
-      shifts.noise_scale(config, 'block2')
+      ds.noise_scale('block2', names)
 
 
 def test_target_sizes_and_rgn_figure(tiny):
   config, tmp = tiny
-  config.corruptions = 'noise_block2'
-  config.tune_sizes = '10,20'
-  config.methods = 'last,auto_rgn'
-  config.last_lrs = '1e-2'
+  config.corruptions = ('noise_block2',)
+  config.tune_sizes = (10, 20)
+  config.methods = ('last', 'auto_rgn')
+  config.last_lrs = (1e-2,)
   workdir = str(tmp / 'work')
   runner.train_and_evaluate(config, workdir)
   rows = _rows(os.path.join(workdir, 'results.csv'))
@@ -200,14 +307,15 @@ def test_rgn_group_means_skip_unweighted_tensors_and_bold_the_top_group():
   groups = ['last', 'block1', 'block1', 'block1']
   panels = [('noise_block1', tensors, groups, np.array([0.5, 1.0, 3.0, 0.0])),
             ('noise_last', tensors, groups, np.array([4.0, 0.2, 0.4, 0.0]))]
-  assert figures.rgn_group_means_markdown(panels).splitlines() == [
+  model_groups = models.create('resnet26').groups
+  assert figures.rgn_group_means_markdown(panels, model_groups).splitlines() == [
       '| group | noise_block1 | noise_last |', '|---|---|---|',
       '| block1 | **2.00** | 0.30 |', '| last | 0.50 | **4.00** |']
 
 
 def test_bad_target_size(tiny):
   config, tmp = tiny
-  config.corruptions = 'snow@15'
+  config.corruptions = ('snow@15',)
   with pytest.raises(SurgeryError, match='positive multiple of 10'):
     runner.train_and_evaluate(config, str(tmp / 'work'))
 
@@ -219,13 +327,14 @@ def test_stage1_pretrains_saves_and_reloads(tiny, capsys):
   config.pretrain.epochs = 2
   config.pretrain.batch_size = 8
   workdir = str(tmp / 'work')
-  _, variables = finetune.build_model(config)
-  params, _ = finetune.source_params(config, workdir, finetune.build_model(config)[0], variables)
+  spec = models.create('resnet26', depth=8)
+  initial = spec.init()['params']
+  params = finetune.source_variables(config, workdir, spec)['params']
   assert os.path.isdir(os.path.join(workdir, 'source_model'))
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(params),
-                                                     jax.tree_util.tree_leaves(variables['params']))]
+                                                     jax.tree_util.tree_leaves(initial))]
   assert all(moved)
-  again, _ = finetune.source_params(config, workdir, finetune.build_model(config)[0], variables)
+  again = finetune.source_variables(config, workdir, spec)['params']
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
     np.testing.assert_array_equal(a, b)
   assert 'loading' in capsys.readouterr().out
@@ -234,7 +343,7 @@ def test_stage1_pretrains_saves_and_reloads(tiny, capsys):
   import shutil
   shutil.rmtree(os.path.join(workdir, 'source_model'))
   config.pretrain.epochs = 3
-  finetune.source_params(config, workdir, finetune.build_model(config)[0], variables)
+  finetune.source_variables(config, workdir, spec)
   out = capsys.readouterr().out
   assert 'resuming pre-training after epoch 2' in out and 'pretrain epoch 3:' in out
   assert 'pretrain epoch 1:' not in out

@@ -6,9 +6,9 @@ import optax
 import pytest
 
 import surgery
-from surgery.methods import (auto_snr, frozen_set, gradual_unfreeze, l1_sp_penalty, normalise,
-                             per_example_grads, released_snr_per_tensor, set_snr_weights,
-                             snr_per_tensor, snr_weights, unfreeze_order)
+from surgery.methods import (auto_snr, channel_variance_per_tensor, frozen_set, gradual_unfreeze,
+                             l1_sp_penalty, normalise, per_example_grads, set_snr_weights,
+                             snr_criterion, snr_per_tensor, snr_weights, unfreeze_order)
 from surgery.models import RESNET26_GROUPS
 
 tmap = jax.tree_util.tree_map
@@ -51,12 +51,11 @@ def test_gradual_unfreeze_schedule_and_fresh_state(direction):
   base = optax.chain(optax.add_decayed_weights(0.1), optax.adam(0.05))
   spe = 2
   tx = gradual_unfreeze(base, labels, order, steps_per_epoch=spe)
-  all_tuned = tmap(lambda _: True, params0)
 
   @jax.jit
   def step(params, grads, state):
     updates, state = tx.update(grads, state, params)
-    return surgery.apply_updates(params, updates, all_tuned), updates, state
+    return optax.apply_updates(params, updates), updates, state
 
   flat_labels = jax.tree_util.tree_leaves(labels)
   params, state = params0, tx.init(params0)
@@ -124,9 +123,7 @@ def test_l1_sp_in_the_train_step():
   params0 = model.init(jax.random.PRNGKey(0), x)['params']
   params = tmap(lambda p: p + 0.5, params0)
   lr, lam = 0.1, 0.2
-  mask = tmap(lambda _: True, params)
-  step = surgery.make_train_step(model, optax.sgd(lr), mask,
-                                 extra_loss=l1_sp_penalty(params0, lam))
+  step = surgery.make_train_step(model, optax.sgd(lr), extra_loss=l1_sp_penalty(params0, lam))
   state, _ = step(surgery.init_train_state(params, optax.sgd(lr)), x, y)
   ce = jax.grad(lambda p: surgery.train.cross_entropy(model.apply({'params': p}, x), y))(params)
   expected = tmap(lambda p, g: p - lr * (g + lam * 1.0), params, ce)  # sign(+0.5) = 1
@@ -165,12 +162,12 @@ def test_snr_of_a_noiseless_gradient_is_finite():
   assert float(snr['d']) == pytest.approx(25 / 1e-8, rel=1e-5)
 
 
-def test_released_criterion_matches_hand_computation():
+def test_channel_variance_criterion_matches_hand_computation():
   # Flax kernel [in, out]: the variance runs over `out` (PyTorch's dim 0), unbiased.
   # Rows [1, 2] and [3, 5] have variances 0.5 and 2: mean(1/.5, 4/.5, 9/2, 25/2) = 6.75.
   # Bias [1, 2, 3] has variance 1: mean(1, 4, 9) = 14/3.
-  crit = jax.jit(released_snr_per_tensor)({'k': jnp.array([[1., 2.], [3., 5.]]),
-                                           'b': jnp.array([1., 2., 3.])})
+  crit = jax.jit(channel_variance_per_tensor)({'k': jnp.array([[1., 2.], [3., 5.]]),
+                                               'b': jnp.array([1., 2., 3.])})
   assert float(crit['k']) == pytest.approx(6.75, rel=1e-6)
   assert float(crit['b']) == pytest.approx(14 / 3, rel=1e-6)
 
@@ -232,17 +229,28 @@ def test_snr_weights_freeze_exactly_the_tensors_under_the_threshold():
   assert got == {**expected, 'norm': 0.0}
 
 
-def test_released_variant_thresholds_the_batch_mean_criterion():
+def test_channel_variance_variant_thresholds_the_batch_mean_criterion():
   params, batch = _mlp()
   mean_grads = tmap(lambda g: g.mean(0), _loop_grads(params, batch))
-  crit = {k: float(v) for k, v in zip(['d1b', 'd1k', 'd2b', 'd2k', 'norm'],
-                                      jax.tree_util.tree_leaves(released_snr_per_tensor(mean_grads)))}
+  leaves = jax.tree_util.tree_leaves(channel_variance_per_tensor(mean_grads))
+  crit = {k: float(v) for k, v in zip(['d1b', 'd1k', 'd2b', 'd2k', 'norm'], leaves)}
   top = max(crit.values())
   threshold = _between(v / top for v in crit.values())
-  weights = snr_weights(_example_loss, params, batch, threshold, variant='released')
+  weights = snr_weights(_example_loss, params, batch, threshold, variant='channel_variance')
   got = dict(zip(crit, map(float, jax.tree_util.tree_leaves(weights))))
   assert got == {k: float(v / top >= threshold) for k, v in crit.items()}
   assert 0 < sum(got.values()) < len(got)
+
+
+@pytest.mark.parametrize('variant', ['released', 'nope'])
+def test_unknown_snr_variant_is_a_user_error_naming_the_valid_ones(variant):
+  # 'released' was this variant's old name: it did not do what the released code does.
+  params, batch = _mlp()
+  valid = r"valid: \['paper', 'channel_variance'\]"
+  with pytest.raises(surgery.errors.SurgeryError, match=valid):
+    snr_criterion(_example_loss, params, batch, variant=variant)
+  with pytest.raises(surgery.errors.SurgeryError, match=f"variant '{variant}'"):
+    snr_weights(_example_loss, params, batch, 0.5, variant=variant)
 
 
 def test_auto_snr_zeroes_frozen_updates_inside_a_surgical_partition():
@@ -257,7 +265,7 @@ def test_auto_snr_zeroes_frozen_updates_inside_a_surgical_partition():
   p = params
   for g in grads[:2]:
     updates, state = update(g, state, p)
-    p = surgery.apply_updates(p, updates, mask)
+    p = optax.apply_updates(p, updates)  # 'b' stays bitwise through its -0.0 update
     np.testing.assert_array_equal(_bits(p['b']), _bits(params['b']))  # -0.0 kept
     np.testing.assert_array_equal(updates['c'], 0.0)
   ref_tx = optax.adam(0.1)

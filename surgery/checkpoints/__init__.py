@@ -1,7 +1,7 @@
 """Checkpoint import (PyTorch zip, read safely) and the project's orbax checkpoints."""
 import os
 
-from surgery.checkpoints.memo import load_memo_params, state_dict_to_params
+from surgery.checkpoints.memo import load_memo_params, load_memo_variables, state_dict_to_params
 from surgery.checkpoints.orbax_io import load_params as load_orbax_params
 from surgery.checkpoints.orbax_io import save_params
 from surgery.checkpoints.torch_zip import load_torch_zip
@@ -15,3 +15,28 @@ def load_pretrained(path: str, template):
   if os.path.isfile(path):
     return load_memo_params(path, template)
   raise CheckpointError(f'checkpoint not found: {path}')
+
+
+def load_variables(path: str, template: dict) -> dict:
+  """Variables shaped like `template` ({'params': ..., 'batch_stats': ...}) from a
+  MEMO/TTT `.pth` file or an orbax directory saved by this project: bare params,
+  {'params', 'model_state'} (pre-training's output) or a variables dict."""
+  if os.path.isfile(path):
+    return load_memo_variables(path, template)
+  if not os.path.isdir(path):
+    raise CheckpointError(f'checkpoint not found: {path}')
+  params = template['params']
+  collections = {k: v for k, v in template.items() if k != 'params'}
+  layouts = [
+      (template, lambda r: dict(r)),
+      ({'params': params, 'model_state': collections}, lambda r: {'params': r['params'], **r['model_state']}),
+  ]
+  if not collections:
+    layouts.append((params, lambda r: {'params': r}))
+  first_error = None
+  for layout, unpack in layouts:
+    try:
+      return unpack(load_orbax_params(path, layout))
+    except CheckpointError as e:
+      first_error = first_error or e
+  raise first_error

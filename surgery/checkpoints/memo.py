@@ -60,11 +60,50 @@ def state_dict_to_params(state_dict: dict, template: dict, source: str = 'state 
   return params
 
 
-def load_memo_params(path: str, template: dict) -> dict:
-  """Params for `ResNet26()` from the MEMO checkpoint (`net` holds the state dict)."""
+def _stats_name(flax_path: str) -> str:
+  """'stage1/block0/norm1/mean' -> 'layer1.0.bn1.running_mean'."""
+  layer, stat = flax_path.rsplit('/', 1)
+  return torch_name(layer + '/x').rsplit('.', 1)[0] + '.running_' + stat
+
+
+def state_dict_to_batch_stats(state_dict: dict, template: dict, source: str) -> dict:
+  """BatchNorm running statistics (`running_mean`/`running_var`) for a BN ResNet-26."""
+  missing = []
+
+  def convert(path, leaf):
+    key = _stats_name(path_str(path))
+    if key not in state_dict:
+      missing.append(key)
+      return leaf
+    value = np.asarray(state_dict[key], dtype=np.asarray(leaf).dtype)
+    if value.shape != leaf.shape:
+      missing.append(f'{key} (shape {value.shape}, expected {leaf.shape})')
+    return value
+
+  stats = jax.tree_util.tree_map_with_path(convert, template)
+  if missing:
+    raise CheckpointError(f'{source} lacks BatchNorm statistics: {", ".join(missing[:4])}'
+                          f'{" ..." if len(missing) > 4 else ""}')
+  return stats
+
+
+def load_memo_variables(path: str, template: dict) -> dict:
+  """Variables (params, plus batch_stats for a BatchNorm model) from a MEMO/TTT file."""
+  state_dict = _read_state_dict(path)
+  out = {'params': state_dict_to_params(state_dict, template['params'], source=path)}
+  if 'batch_stats' in template:
+    out['batch_stats'] = state_dict_to_batch_stats(state_dict, template['batch_stats'], path)
+  return out
+
+
+def _read_state_dict(path: str) -> dict:
   obj = load_torch_zip(path)
   state_dict = obj.get('net', obj) if isinstance(obj, dict) else None
   if not isinstance(state_dict, dict):
     raise CheckpointError(f'{path} holds no state dict')
-  state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
-  return state_dict_to_params(state_dict, template, source=path)
+  return {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+
+
+def load_memo_params(path: str, template: dict) -> dict:
+  """Params for `ResNet26()` from the MEMO checkpoint (`net` holds the state dict)."""
+  return state_dict_to_params(_read_state_dict(path), template, source=path)

@@ -13,8 +13,8 @@ All run with every leaf in the train step's mask (`tree_map(lambda _: True, para
     opt_state = set_snr_weights(opt_state, snr_weights(example_loss, params, batch, threshold))
 """
 from surgery.methods.auto_snr import (VARIANTS as AUTO_SNR_VARIANTS, AutoSNRState, auto_snr,
-                                      frozen_set, normalise, per_example_grads,
-                                      released_snr_per_tensor, set_snr_weights, snr_criterion,
+                                      channel_variance_per_tensor, frozen_set, normalise,
+                                      per_example_grads, set_snr_weights, snr_criterion,
                                       snr_per_tensor, snr_weights)
 from surgery.methods.gradual_unfreeze import (ORDERS as UNFREEZE_ORDERS, GradualUnfreezeState,
                                               gradual_unfreeze, unfreeze_order)

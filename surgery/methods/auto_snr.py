@@ -8,17 +8,23 @@ minibatch of N, per tensor
 with the population variance (1/N) over examples. This needs per-example gradients,
 computed by `per_example_grads` in memory-bounded chunks.
 
-Released variant (`variant='released'`, the authors' code): from the batch-mean
-gradient g alone, per tensor mean(g * g / (var(g, dim=0) + 1e-8)), where the variance
-runs along the tensor's first PyTorch dimension (unbiased, torch's default). That is
-the output-channel axis, which Flax stores last (Dense [in, out], Conv [kh, kw, in,
-out]), hence `axis=-1` here. It measures spread across output units, not across
-examples.
+Channel-variance variant (`variant='channel_variance'`): from the batch-mean gradient g
+alone, per tensor mean(g * g / (var(g, axis=-1, ddof=1) + 1e-8)), the variance
+running along the output-channel axis, which Flax stores last (Dense [in, out], Conv
+[kh, kw, in, out]) and PyTorch first. It measures spread across output units, not
+across examples. It is the criterion of the authors' released code, but not their
+procedure, which differs in four ways:
+  1. it thresholds the raw value at 0.95, un-normalised; here it is normalised by the
+     max like the paper variant and the threshold is the one swept;
+  2. it averages the value over 5 batches; here it comes from one measuring batch;
+  3. it leaves BN tensors out and freezes them; here only with `exclude`;
+  4. it rebuilds Adam every epoch; here the base optimizer's state carries over.
 
 Normalisation: per-tensor values are divided by the largest over the tensors taken
 into account, so the best tensor scores 1 and the threshold is a fraction of it. This
-is the authors' code and the Auto-RGN normalisation here; min-max (option) would
-always freeze the lowest tensor for any positive threshold, however close it is. A
+is how Auto-RGN normalises, here and in the authors' code (whose Auto-SNR uses the raw
+value, see above); min-max (option) would always freeze the lowest tensor for any
+positive threshold, however close it is. A
 tensor is frozen for the epoch when its normalised value is under the threshold
 (strictly, as `0 if v < 0.95 else 1` in the authors' code).
 
@@ -34,9 +40,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from surgery.errors import SurgeryError
 from surgery.groups import path_str
 
-VARIANTS = ('paper', 'released')
+VARIANTS = ('paper', 'channel_variance')
 _NO_UPDATE = -0.0  # p + (-0.0) is bitwise p, -0.0 included
 
 
@@ -69,8 +76,8 @@ def snr_per_tensor(example_grads: Any, eps: float = 1e-8) -> Any:
   return jax.tree_util.tree_map(snr, example_grads)
 
 
-def released_snr_per_tensor(grads: Any, eps: float = 1e-8, axis: int = -1) -> Any:
-  """The authors' released criterion per tensor from batch-mean gradients."""
+def channel_variance_per_tensor(grads: Any, eps: float = 1e-8, axis: int = -1) -> Any:
+  """The channel-variance criterion per tensor from batch-mean gradients."""
 
   def crit(g):
     g = g.astype(jnp.float32)
@@ -109,13 +116,16 @@ def snr_criterion(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: 
 
   `loss_fn(params, example)` is the loss of one example; pass the same function
   object every epoch so the compiled measurement is reused.
+
+  Raises:
+    SurgeryError: `variant` is not one of `VARIANTS`.
   """
   if variant == 'paper':
     return snr_per_tensor(per_example_grads(loss_fn, params, batch, chunk_size))
-  if variant == 'released':
+  if variant == 'channel_variance':
     mean_loss = lambda p: jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p, batch))
-    return released_snr_per_tensor(jax.grad(mean_loss)(params))
-  raise ValueError(f'unknown Auto-SNR variant {variant!r}; valid: {list(VARIANTS)}')
+    return channel_variance_per_tensor(jax.grad(mean_loss)(params))
+  raise SurgeryError(f'unknown Auto-SNR variant {variant!r}; valid: {list(VARIANTS)}')
 
 
 def snr_weights(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,

@@ -1,4 +1,94 @@
-"""Models with their parameter-group maps."""
-from surgery.models.resnet26 import GROUPS as RESNET26_GROUPS
-from surgery.models.resnet26 import METHODS as RESNET26_METHODS
-from surgery.models.resnet26 import ResNet26
+"""The model contract: `spec = surgery.models.create(name, **overrides)`.
+
+Each model lives in its own module here (`surgery/models/<name>.py`) that defines
+`create(**overrides) -> ModelSpec`. A spec carries everything a runner needs to tune
+the model surgically without knowing which model it is:
+
+  spec.module        a Flax Linen module; `spec.module.apply(variables, images,
+                     train=False)` takes float NHWC images in [0, 1] and returns logits
+                     (input normalisation is inside the model)
+  spec.groups        ordered (group name, regex) pairs over parameter paths
+  spec.methods       paper-facing method name -> group spec ('block1' may mean
+                     'first_layer,block1')
+  spec.head_methods  methods swept over the head's learning-rate grid (`last_lrs`)
+  spec.image_size, spec.num_classes
+  spec.load(path)    the variables dict ({'params': ...} plus 'batch_stats' where the
+                     model has them) from any checkpoint the model accepts
+  spec.init(seed)    freshly initialised variables
+
+Only a model's own module names its groups.
+"""
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from surgery.errors import SurgeryError
+
+# name -> module defining create(); imported on use so a model's dependencies load
+# only when it is picked.
+_REGISTRY = {
+    'resnet26': 'surgery.models.resnet26',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str
+  module: Any
+  groups: tuple
+  methods: Mapping[str, str]
+  image_size: int
+  num_classes: int
+  load: Callable[[str], dict]
+  head_methods: tuple = ()
+  # Optional extra group maps for other protocols (e.g. MEMO's finer first block):
+  # name -> (groups, {option: group spec}).
+  extra_group_maps: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def init(self, seed: int = 0) -> dict:
+    """Freshly initialised variables (params, plus batch_stats where the model has them)."""
+    dummy = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
+    variables = self.module.init(jax.random.PRNGKey(seed), dummy)
+    return dict(variables)
+
+  def group_names(self) -> list:
+    from surgery.groups import group_names
+    return group_names(self.groups)
+
+
+def names() -> list:
+  """Registered model names."""
+  return sorted(_REGISTRY)
+
+
+def register(name: str, module_path: str) -> None:
+  """Adds a model module (one defining `create(**overrides)`) under `name`."""
+  _REGISTRY[name] = module_path
+
+
+def create(name: str, **overrides) -> ModelSpec:
+  """The spec of model `name`; unknown names and overrides are one-line user errors."""
+  if name not in _REGISTRY:
+    raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
+  module = importlib.import_module(_REGISTRY[name])
+  try:
+    return module.create(**overrides)
+  except TypeError as e:  # an override the model does not have
+    raise SurgeryError(f'model {name}: {e}') from None
+
+
+def get_module(name: str):
+  """The Python module that declares model `name` (for model-specific helpers)."""
+  if name not in _REGISTRY:
+    raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
+  return importlib.import_module(_REGISTRY[name])
+
+
+# Back-compat names for code written against the single-model layout.
+from surgery.models.resnet26 import GROUPS as RESNET26_GROUPS  # noqa: E402
+from surgery.models.resnet26 import METHODS as RESNET26_METHODS  # noqa: E402
+from surgery.models.resnet26 import ResNet26  # noqa: E402

@@ -9,10 +9,13 @@ Inputs are float images in [0, 1], NHWC; the model normalises with `mean`/`std`
 (0.5/0.5 for the MEMO weights), so callers never have to remember to.
 """
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from surgery.errors import SurgeryError
+from surgery.models.batchnorm import SelectiveBatchNorm
 
 # Group map: the paper's blocks, following the authors' code (`first_two_block` =
 # stem + stage 1 is the paper-facing `block1` method; see METHODS).
@@ -31,6 +34,19 @@ METHODS = {
     'block1': 'first_layer,block1',
     'block2': 'block2',
     'block3': 'block3',
+    'last': 'last',
+}
+
+# MEMO's freezing options (paper Section 2.2): the groups plus one for `layer1.0.conv1`
+# (the paper's "first conv layer within the first block"). It sits before `block1`, so
+# first-match-wins takes it out of that group and `first_layer-block1` still covers
+# the whole stage.
+MEMO_GROUPS = (GROUPS[0], ('first_block_conv', r'^stage1/block0/conv1/')) + tuple(GROUPS[1:])
+MEMO_OPTIONS = {
+    'all': 'all',
+    'first_layer': 'first_layer',
+    'first_2_layers': 'first_layer,first_block_conv',
+    'block1': 'first_layer-block1',
     'last': 'last',
 }
 
@@ -78,6 +94,9 @@ class ResNet26(nn.Module):
   depth: int = 26
   norm_type: str = 'group'  # 'group' or 'batch'
   num_groups: int = 8
+  # BatchNorm only: layers in train mode when train=True (see SelectiveBatchNorm);
+  # () keeps every layer in eval mode, as the authors fine-tune.
+  bn_train_layers: Optional[Sequence[str]] = ()
   mean: Sequence[float] = (0.5, 0.5, 0.5)
   std: Sequence[float] = (0.5, 0.5, 0.5)
 
@@ -86,7 +105,8 @@ class ResNet26(nn.Module):
     if self.norm_type == 'group':
       norm = partial(nn.GroupNorm, num_groups=self.num_groups, epsilon=1e-5)
     elif self.norm_type == 'batch':
-      norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+      norm = partial(SelectiveBatchNorm, train=train, train_layers=self.bn_train_layers,
+                     momentum=0.9, epsilon=1e-5)
     else:
       raise ValueError(f"norm_type must be 'group' or 'batch', got {self.norm_type!r}")
     blocks = (self.depth - 2) // 6
@@ -97,3 +117,32 @@ class ResNet26(nn.Module):
     x = nn.relu(norm(name='final_norm')(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name='head')(x)
+
+
+def create(num_classes: int = 10, width: int = 1, depth: int = 26, norm: str = 'group',
+           **unused) -> 'ModelSpec':
+  """The model contract's spec (see surgery.models)."""
+  from surgery.models import ModelSpec
+  if unused:
+    raise SurgeryError(f'resnet26 has no option(s) {sorted(unused)}; valid: num_classes, '
+                       'width, depth, norm')
+  if norm not in ('group', 'batch'):
+    raise SurgeryError(f"model.norm must be 'group' or 'batch', got {norm!r}")
+  if depth < 8 or (depth - 2) % 6:
+    raise SurgeryError(f'model.depth must be 6n+2 >= 8, got {depth}')
+  if width < 1 or num_classes < 2:
+    raise SurgeryError(f'model.width must be >= 1 and num_classes >= 2, got {width}, {num_classes}')
+  module = ResNet26(num_classes=num_classes, width=width, depth=depth, norm_type=norm)
+  spec = ModelSpec(
+      name='resnet26', module=module, groups=GROUPS, methods=METHODS, image_size=32,
+      num_classes=num_classes, load=None, head_methods=('last',),
+      extra_group_maps={'memo': (MEMO_GROUPS, MEMO_OPTIONS)},
+      overrides=dict(num_classes=num_classes, width=width, depth=depth, norm=norm))
+  import dataclasses
+  return dataclasses.replace(spec, load=lambda path: load(path, spec))
+
+
+def load(path: str, spec) -> dict:
+  """Variables from the MEMO/TTT `.pth` file or one of this project's orbax directories."""
+  from surgery.checkpoints import load_variables
+  return load_variables(path, spec.init())

@@ -1,0 +1,182 @@
+"""One validated plan per command: the config is parsed and checked once, before any
+run, and every bad value fails here with one line naming the field.
+
+    plan = make_plan(config)      # SurgeryError on any bad field
+    plan.runs                     # [Run(shift, method, lr, seed, hparam), ...]
+    plan.fingerprint              # hash of every field that affects results
+"""
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from experiments.results import fingerprint
+from surgery import datasets, models
+from surgery.errors import SurgeryError
+from surgery.methods import registry
+from surgery.methods.auto_snr import VARIANTS as AUTO_SNR_VARIANTS
+from surgery.optim import BASE_OPTIMIZERS
+
+# Fields that never change a run's result: where things are written or read from,
+# what is reported, how evaluation is batched. The run axes (shifts, methods, seeds,
+# lr and hparam grids) are in every row's key instead.
+NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'corruptions',
+                     'tune_sizes', 'methods', 'seeds', 'lrs', 'last_lrs', 'l1_sp.lambdas',
+                     'auto_snr.thresholds', 'select_metric')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  shift: str
+  method: str
+  lr: float
+  seed: int
+  hparam: str = ''  # 'lam=1e-05': the method's own setting, or ''
+
+  @property
+  def hparam_value(self):
+    return float(self.hparam.split('=', 1)[1]) if self.hparam else None
+
+
+@dataclasses.dataclass
+class Plan:
+  config: Any
+  model: Any  # surgery.models.ModelSpec
+  dataset: Any
+  shifts: list
+  methods: list  # requested names, for the report
+  seeds: list
+  runs: list
+  result_fields: dict
+  fingerprint: str
+
+  def method(self, name):
+    return registry.resolve(name, self.model)
+
+
+def as_list(value, field, kind=str):
+  """A config list: a tuple/list, or a comma string. On the command line
+  `--config.methods=all,last` reaches a tuple field as ('all,last',) (ml_collections
+  splits only what parses as a Python literal), so string items are split too."""
+  items = value if isinstance(value, (list, tuple)) else [value]
+  items = [p.strip() if isinstance(p, str) else p
+           for i in items for p in (i.split(',') if isinstance(i, str) else [i])]
+  items = [i for i in items if i != '']
+  try:
+    out = [kind(i) for i in items]
+  except (TypeError, ValueError):
+    raise SurgeryError(f'{field}: expected a list of {kind.__name__}s, got {value!r}') from None
+  if kind is float and not all(math.isfinite(v) for v in out):
+    raise SurgeryError(f'{field}: values must be finite, got {value!r}')
+  return out
+
+
+def _int_at_least(config, field, low):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise SurgeryError(f'{field} must be an integer >= {low}, got {value!r}')
+  return value
+
+
+def _one_of(value, field, valid):
+  if value not in valid:
+    raise SurgeryError(f'{field} must be one of {", ".join(map(str, valid))}, got {value!r}')
+  return value
+
+
+def result_fields(config) -> dict:
+  """The flattened config fields that affect results (json-normalised)."""
+  flat = {}
+
+  def walk(prefix, d):
+    for k, v in d.items():
+      name = f'{prefix}{k}'
+      if isinstance(v, dict):
+        walk(name + '.', v)
+      elif name not in NOT_RESULT_FIELDS:
+        flat[name] = v
+
+  walk('', json.loads(config.to_json()))
+  return flat
+
+
+def _check_training_fields(config):
+  _int_at_least(config, 'epochs', 1)
+  _int_at_least(config, 'batch_size', 1)
+  _int_at_least(config, 'eval_batch_size', 1)
+  _one_of(config.optimizer, 'optimizer', BASE_OPTIMIZERS)
+  if not float(config.weight_decay) >= 0:
+    raise SurgeryError(f'weight_decay must be >= 0, got {config.weight_decay!r}')
+  _one_of(config.model.get('bn_mode', 'eval'), 'model.bn_mode', ('eval', 'train'))
+  rc = config.auto_rgn
+  _one_of(rc.refresh, 'auto_rgn.refresh', ('epoch', 'step'))
+  _int_at_least(config, 'auto_rgn.window', 1)
+  sc = config.auto_snr
+  _one_of(sc.variant, 'auto_snr.variant', AUTO_SNR_VARIANTS)
+  _int_at_least(config, 'auto_snr.batch_size', 1)
+  _int_at_least(config, 'auto_snr.chunk_size', 1)
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
+    raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
+
+
+def model_spec(config):
+  overrides = {k: v for k, v in config.model.items() if k not in ('name', 'bn_mode')}
+  return models.create(config.model.get('name', 'resnet26'), **overrides)
+
+
+def make_plan(config) -> Plan:
+  """Checks every field of a fine-tuning config and lists its runs."""
+  model = model_spec(config)
+  dataset = datasets.create(config.get('dataset', 'cifar10'), config)
+  if model.num_classes != dataset.num_classes:
+    raise SurgeryError(f'model.num_classes is {model.num_classes} but dataset '
+                       f'{config.get("dataset", "cifar10")} has {dataset.num_classes} classes')
+  _check_training_fields(config)
+  metric = config.get('select_metric', 'acc')
+  _one_of(metric, 'select_metric', dataset.metrics)
+  shifts = dataset.shift_names(model.groups)
+  valid = registry.names(model)
+  methods = as_list(config.methods, 'methods')
+  for m in methods:
+    if m not in valid:
+      raise SurgeryError(f'methods: unknown method {m!r}; valid: {", ".join(valid)}')
+  if not methods:
+    raise SurgeryError('methods: no method given')
+  seeds = as_list(config.seeds, 'seeds', int)
+  if not seeds:
+    raise SurgeryError('seeds: no seed given')
+  grids = {'lrs': as_list(config.lrs, 'lrs', float),
+           'last_lrs': as_list(config.last_lrs, 'last_lrs', float)}
+  for field, grid in grids.items():
+    if not grid or min(grid) <= 0:
+      raise SurgeryError(f'{field} must be positive numbers, got {config[field]!r}')
+
+  need = set(methods)
+  if 'cross_val' in need:
+    need |= set(registry.selection_candidates(model))
+  run_methods = [m for m in valid if m in need and registry.resolve(m, model).trains
+                 or m in need and m == 'no_adaptation']
+  runs = []
+  for shift in shifts:
+    for seed in seeds:
+      for name in run_methods:
+        method = registry.resolve(name, model)
+        lrs = [0.0] if method.evaluate_only else grids['last_lrs' if method.head_lrs else 'lrs']
+        for lr in lrs:
+          for hp in _hparam_grid(config, method):
+            runs.append(Run(shift, name, lr, seed, hp))
+  fields = result_fields(config)
+  return Plan(config, model, dataset, shifts, methods, seeds, runs, fields, fingerprint(fields))
+
+
+def _hparam_grid(config, method) -> list:
+  if not method.hparam:
+    return ['']
+  field = f'{method.section}.{method.grid_field}'
+  values = as_list(config[method.section][method.grid_field], field, float)
+  if not values or min(values) < 0:
+    raise SurgeryError(f'{field} must be numbers >= 0, got {values!r}')
+  return [f'{method.hparam}={v:g}' for v in values]
