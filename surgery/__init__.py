@@ -1,7 +1,9 @@
 """Surgical fine-tuning in JAX: tune one contiguous block of a pre-trained network.
 
-    mask = surgery.trainable_mask(params, RESNET26_GROUPS, 'first_layer,block1')
+    spec = surgery.models.create('resnet26')
+    mask = surgery.trainable_mask(params, spec.groups, spec.methods['block1'])
     tx = surgery.surgical(surgery.base_optimizer('adam', 1e-3, 1e-4), mask)
+    step = surgery.make_train_step(spec.module, tx)
 """
 from surgery.auto_rgn import AutoRGNState, auto_rgn, is_norm_tensor, relative_grad_norms
 from surgery.errors import CheckpointError, GroupSpecError, SurgeryError

@@ -5,10 +5,10 @@ the first group whose regex matches its path (keys joined by '/', e.g.
 `stage1/block0/conv1/kernel`) with `re.search`. Every parameter must fall in a
 group, so a model change can never silently leave a tensor untuned or unfrozen.
 
-Specs name the groups to tune:
-  'block2'              one group
-  'block1-3'            a range in network order (also 'first_layer-block1')
-  'first_layer,block1'  a union ('+' works too)
+Specs name the groups to tune (with groups stem, layer1, ..., layer4, head):
+  'layer2'              one group
+  'layer1-3'            a range in network order (also 'stem-layer1')
+  'stem,layer1'         a union ('+' works too)
   'all'                 every group
 """
 import re
@@ -84,7 +84,7 @@ def parse_spec(spec: str, names: Sequence[str]) -> tuple[str, ...]:
 
 def _parse_range(term: str, names: list[str]) -> list[str]:
   lo, hi = (s.strip() for s in term.split('-', 1))
-  if hi.isdigit():  # 'block1-3' is short for 'block1-block3'
+  if hi.isdigit():  # 'layer1-3' is short for 'layer1-layer3'
     hi = re.sub(r'\d+$', '', lo) + hi
   if lo not in names or hi not in names:
     raise GroupSpecError(f'bad range {term!r}: both ends must be groups from {names}')

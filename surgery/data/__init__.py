@@ -1,8 +1,10 @@
-"""Datasets: CIFAR-10, CIFAR-10-C (released or generated), target tune/val/test splits."""
+"""Data readers: CIFAR-10, CIFAR-10-C (released or generated), target tune/val/test splits,
+random-access sources, and the grain streaming pipeline (`surgery.data.pipeline`)."""
 from surgery.data.cifar10 import CLASSES, DataNotFoundError, load_cifar10, locate_cifar10
 from surgery.data.cifar10c import ShiftedTestSet, corrupted_test_set, load_release, load_tfds
 from surgery.data.splits import TargetSplit, target_split
+from surgery.data.sources import ArraySource, Subset, to_arrays
 
-__all__ = ['CLASSES', 'DataNotFoundError', 'ShiftedTestSet', 'TargetSplit',
+__all__ = ['ArraySource', 'Subset', 'to_arrays', 'CLASSES', 'DataNotFoundError', 'ShiftedTestSet', 'TargetSplit',
            'corrupted_test_set', 'load_cifar10', 'load_release', 'load_tfds',
            'locate_cifar10', 'target_split']
