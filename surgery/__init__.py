@@ -17,3 +17,14 @@ def corrupt(images, name, severity, seed=0):
   """CIFAR-10-C corruption `name` at `severity` (1-5) of uint8 NHWC images."""
   from surgery.corruptions import corrupt as _corrupt  # scipy-heavy; import on use
   return _corrupt(images, name, severity, seed=seed)
+
+
+_NNX_EXPORTS = ('NNXModel', 'nnx_model', 'nnx_update')
+
+
+def __getattr__(name):
+  # flax.nnx loads on first use, so `import surgery` stays light for Linen users.
+  if name in _NNX_EXPORTS:
+    from surgery import nnx_support
+    return getattr(nnx_support, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

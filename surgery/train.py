@@ -80,10 +80,18 @@ def takes_train_flag(model) -> bool:
 
 
 def forward(model, params, model_state, images, train):
-  """(logits, new model_state). `model_state` holds non-parameter collections such as
-  `batch_stats`; they are mutable only in train mode, so eval never moves them."""
+  """(logits, new model_state). `model` is a Linen module, with or without a `train`
+  argument, or the wrapper `surgery.nnx_model` makes of a Flax NNX module, whose
+  Linen-style `apply` always takes `train`. `model_state` holds non-parameter
+  collections such as `batch_stats`; they are mutable only in train mode, so eval never
+  moves them."""
+  import sys
+  # A wrapper can exist only once surgery.nnx_support is loaded, so Linen users never
+  # pay for importing flax.nnx here.
+  nnx_support = sys.modules.get('surgery.nnx_support')
+  is_nnx = nnx_support is not None and isinstance(model, nnx_support.NNXModel)
   variables = {'params': params, **model_state}
-  kwargs = {'train': train} if takes_train_flag(model) else {}
+  kwargs = {'train': train} if is_nnx or takes_train_flag(model) else {}
   if train and model_state:
     return model.apply(variables, images, mutable=list(model_state), **kwargs)
   return model.apply(variables, images, **kwargs), model_state
