@@ -15,23 +15,26 @@ import ml_collections
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.experiment = 'memo'
+  c.dataset = 'cifar10'
+  c.title = 'MEMO on CIFAR-10-C, ResNet-26'  # the summary adds the severity
   c.data_dir = ''
   c.init_checkpoint = '../shared/weights/memo_resnet26_gn_cifar10.pth'
-  c.corruptions = 'gaussian_noise,shot_noise,impulse_noise,defocus_blur'
+  c.corruptions = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur')
   c.severity = 5
   c.corruption_seed = 0
   c.num_images = 500  # per corruption: a class-balanced, seeded subset of the test set
-  c.modes = 'episodic,online'
-  c.options = 'all,first_layer,first_2_layers,block1,last'
+  c.modes = ('episodic', 'online')
+  # The model's MEMO freezing options (surgery/models/resnet26.py, MEMO_OPTIONS).
+  c.options = ('all', 'first_layer', 'first_2_layers', 'block1', 'last')
   c.no_adaptation = True
-  c.seed = 0
+  c.seed = 0  # the stream's images and order, and the augmentations
   c.steps = 1
   c.num_copies = 32
-  # Empty: the per-mode defaults of surgery.memo (episodic AdamW, online SGD).
+  # '' / 0.0 / negative: the per-mode defaults of surgery.memo (episodic AdamW, online SGD).
   c.episodic = ml_collections.ConfigDict(dict(optimizer='', learning_rate=0.0, weight_decay=-1.0))
   c.online = ml_collections.ConfigDict(dict(optimizer='', learning_rate=0.0, weight_decay=-1.0))
   c.eval_batch_size = 500
-  c.model_depth = 26  # the MEMO checkpoint's; smaller only for tests
+  c.model = ml_collections.ConfigDict(dict(name='resnet26', depth=26))  # smaller: tests only
   if arg:
-    c.corruptions = arg
+    c.corruptions = tuple(arg.split(','))
   return c

@@ -1,12 +1,13 @@
-"""Step-time benchmark: surgical fine-tuning of ResNet-26-GN, batch 64, Adam.
+"""Step-time benchmark: surgical fine-tuning of a model (default ResNet-26-GN), batch 64, Adam.
 
-    python -m experiments.bench [--steps 20] [--rounds 5] [--no_torch]
+    python -m experiments.bench [--model resnet26] [--steps 20] [--rounds 5] [--no_torch]
 
-For each method (all, first_layer, block1, block2, block3, last, auto_rgn) it reports
-the median step time, the optimizer-state bytes and, when torch is installed, the
-same step in PyTorch (freezing by requires_grad=False), measured in alternating
-rounds in this one process so machine noise hits both alike. The last line printed is
-one JSON object with every figure.
+For each method (the model's surgical methods, then auto_rgn) it reports the median
+step time, the optimizer-state bytes and, when torch is installed and the model has a
+torch twin (`experiments.torch_reference.from_spec`), the same step in PyTorch
+(freezing by requires_grad=False), measured in alternating rounds in this one process
+so machine noise hits both alike. The last line printed is one JSON object with every
+figure.
 """
 import argparse
 import json
@@ -19,22 +20,32 @@ import jax.numpy as jnp
 import numpy as np
 
 import surgery
-from surgery.models import RESNET26_GROUPS, RESNET26_METHODS, ResNet26
+from surgery import models
+from surgery.errors import SurgeryError
 
-METHODS = ('all', 'first_layer', 'block1', 'block2', 'block3', 'last', 'auto_rgn')
-TORCH_MODULES = {'first_layer': ['conv1'], 'block1': ['conv1', 'layer1'], 'block2': ['layer2'],
-                 'block3': ['layer3'], 'last': ['bn', 'fc']}
+GENERIC_METHODS = ('auto_rgn',)  # benchmarked beside the model's own methods
 
 
-def _jax_runner(method, params, images, labels, lr=1e-4, wd=1e-4):
-  model = ResNet26()
-  spec = 'all' if method == 'auto_rgn' else RESNET26_METHODS[method]
-  mask = surgery.trainable_mask(params, RESNET26_GROUPS, spec)
+def method_names(spec) -> list:
+  return list(spec.methods) + [m for m in GENERIC_METHODS if m not in spec.methods]
+
+
+def _mask(spec, method, params):
+  group_spec = 'all' if method == 'auto_rgn' else spec.methods[method]
+  return surgery.trainable_mask(params, spec.groups, group_spec)
+
+
+def _jax_runner(spec, method, variables, images, labels, lr=1e-4, wd=1e-4):
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  mask = _mask(spec, method, params)
   base = surgery.base_optimizer('adam', lr, wd)
   tx = surgery.surgical(surgery.auto_rgn(base) if method == 'auto_rgn' else base, mask)
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
-  step = surgery.make_train_step(model, tx, mask, mesh=mesh, donate=True)
-  state = surgery.replicate(mesh, surgery.init_train_state(jax.tree_util.tree_map(jnp.array, params), tx))
+  step = surgery.make_train_step(spec.module, tx, mesh=mesh, donate=True)
+  # Copies: the donated step deletes the state's buffers, and `variables` is shared.
+  state = surgery.replicate(mesh, surgery.init_train_state(
+      jax.tree_util.tree_map(jnp.array, params), tx, jax.tree_util.tree_map(jnp.array, model_state)))
   x, y = surgery.shard_batch(mesh, images, labels)
   box = {'state': state}
 
@@ -48,20 +59,18 @@ def _jax_runner(method, params, images, labels, lr=1e-4, wd=1e-4):
   return run, surgery.state_bytes(state.opt_state)
 
 
-def _torch_runner(method, images, labels, lr=1e-4, wd=1e-4):
+def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
   import torch
-  from experiments.torch_reference import TorchResNet26
+  from experiments.torch_reference import from_spec, to_input, tuned_parameters
   torch.manual_seed(0)
-  net = TorchResNet26()
-  tuned = list(net.parameters()) if method in ('all', 'auto_rgn') else [
-      p for m in TORCH_MODULES[method] for p in getattr(net, m).parameters()]
+  net = from_spec(spec)
+  tuned = tuned_parameters(net, _mask(spec, method, params))
   ids = {id(p) for p in tuned}
   for p in net.parameters():
     p.requires_grad_(id(p) in ids)
   groups = [{'params': [p], 'lr': lr} for p in tuned]
   opt = torch.optim.Adam(groups, lr=lr, weight_decay=wd)
-  x = torch.from_numpy(np.ascontiguousarray(((images / 255.0 - 0.5) / 0.5).astype(np.float32)
-                                            .transpose(0, 3, 1, 2)))
+  x = to_input(images)
   y = torch.from_numpy(labels.astype(np.int64))
 
   def run(n):
@@ -84,35 +93,44 @@ def _torch_runner(method, images, labels, lr=1e-4, wd=1e-4):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--model', default='resnet26', help=f'one of: {", ".join(models.names())}')
   ap.add_argument('--steps', type=int, default=10, help='steps per timed round')
   ap.add_argument('--rounds', type=int, default=5)
   ap.add_argument('--batch', type=int, default=64)
-  ap.add_argument('--methods', default=','.join(METHODS))
+  ap.add_argument('--methods', default='', help="comma-separated; default: the model's "
+                  'methods and auto_rgn')
   ap.add_argument('--no_torch', action='store_true')
   args = ap.parse_args(argv)
-  methods = args.methods.split(',')
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown:
-    raise SystemExit(f'unknown method(s) {unknown}; valid: {list(METHODS)}')
-
   try:
-    if args.no_torch:
-      raise ImportError
-    import torch
-    torch_version = torch.__version__
-  except ImportError:
-    torch_version = None
+    spec = models.create(args.model)
+  except SurgeryError as e:
+    raise SystemExit(f'error: {e}') from None
+  valid = method_names(spec)
+  methods = [m for m in args.methods.split(',') if m] or valid
+  unknown = [m for m in methods if m not in valid]
+  if unknown:
+    raise SystemExit(f'unknown method(s) {unknown}; valid: {valid}')
+
+  torch_version = None
+  if not args.no_torch:
+    try:
+      import torch
+      from experiments import torch_reference
+      torch_version = torch.__version__ if torch_reference.from_spec(spec) is not None else None
+    except ImportError:
+      pass
 
   rng = np.random.RandomState(0)
-  images = rng.randint(0, 256, (args.batch, 32, 32, 3)).astype(np.uint8)
-  labels = rng.randint(0, 10, args.batch)
-  params = ResNet26().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  size = spec.image_size
+  images = rng.randint(0, 256, (args.batch, size, size, 3)).astype(np.uint8)
+  labels = rng.randint(0, spec.num_classes, args.batch)
+  variables = spec.init()
 
   rows = {}
   for method in methods:
-    runners = {'jax': _jax_runner(method, params, images, labels)}
+    runners = {'jax': _jax_runner(spec, method, variables, images, labels)}
     if torch_version:
-      runners['torch'] = _torch_runner(method, images, labels)
+      runners['torch'] = _torch_runner(spec, method, variables['params'], images, labels)
     times = {k: [] for k in runners}
     for run, _ in runners.values():
       run(2)  # compile / warm up
@@ -138,7 +156,8 @@ def main(argv=None):
     print('step(method)/step(all), jax: ' +
           ', '.join(f'{m} {r["jax_step_over_all"]:.2f}' for m, r in rows.items()))
   print(json.dumps({
-      'benchmark': 'resnet26_gn_step', 'batch': args.batch, 'optimizer': 'adam',
+      'benchmark': 'surgical_step', 'model': spec.name, 'model_overrides': dict(spec.overrides),
+      'batch': args.batch, 'optimizer': 'adam',
       'device': jax.devices()[0].device_kind, 'num_devices': jax.device_count(),
       'machine': platform.machine(), 'jax': jax.__version__, 'torch': torch_version,
       'steps_per_round': args.steps, 'rounds': args.rounds, 'methods': rows}))

@@ -1,9 +1,10 @@
 """MEMO throughput: adapted test images per second for each freezing option.
 
-    python -m experiments.bench_memo [--images 30] [--rounds 3] [--copies 32]
+    python -m experiments.bench_memo [--model resnet26] [--images 30] [--rounds 3] [--copies 32]
 
 One compiled adapt-then-predict call per image (32 augmented copies, one step), on
-random uint8 images, with the pre-trained-size ResNet-26, streamed by the runner's own
+random uint8 images, with the model at its default (pre-trained) size and each of the
+MEMO options it declares (`extra_group_maps['memo']`), streamed by the runner's own
 `surgery.memo.adapt.run_stream`. Per option and mode it reports the median over rounds
 of the per-image time (the stream's first image untimed); options are
 measured in alternating rounds in this one process so machine noise hits them alike.
@@ -15,15 +16,16 @@ import platform
 import statistics
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from surgery import models
+from surgery.errors import SurgeryError
 from surgery.memo import adapt
-from surgery.models import ResNet26
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='resnet26', help=f'one of: {", ".join(models.names())}')
   parser.add_argument('--images', type=int, default=30, help='images per round')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--copies', type=int, default=adapt.NUM_COPIES)
@@ -32,16 +34,24 @@ def main(argv=None):
     parser.error('--images must be at least 2 (the first is not timed); --rounds and '
                  '--copies must be positive')
 
-  model = ResNet26()
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
-  images = np.random.RandomState(0).randint(0, 256, (args.images, 32, 32, 3)).astype(np.uint8)
+  try:
+    spec = models.create(args.model)
+    group_map = adapt.memo_group_map(spec)
+  except SurgeryError as e:
+    parser.error(str(e))
+  variables = spec.init()
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  size = spec.image_size
+  images = np.random.RandomState(0).randint(0, 256, (args.images, size, size, 3)).astype(np.uint8)
   first_key = adapt.image_keys(0, 1)[0]
   runners = {}
   for mode in adapt.MODES:
-    for option in adapt.OPTIONS:
-      mask = adapt.memo_mask(params, option)
+    for option in group_map[1]:
+      mask = adapt.memo_mask(params, option, group_map)
       tx = adapt.memo_optimizer(mode, mask)
-      fn = adapt.make_adapt_predict(model, tx, mask, num_copies=args.copies)
+      fn = adapt.make_adapt_predict(spec.module, tx, num_copies=args.copies,
+                                    model_state=model_state)
       state = tx.init(params)
       jax.block_until_ready(fn(params, state, images[0], first_key))  # compile
       runners[f'{mode}/{option}'] = (fn, state, mode)
@@ -53,7 +63,7 @@ def main(argv=None):
       out = adapt.run_stream(fn, params, state, images, labels, mode, progress=False)
       times[name].append(1 / out['images_per_second'])
 
-  out = {'benchmark': 'memo_adapt_predict', 'copies': args.copies, 'steps': 1,
+  out = {'benchmark': 'memo_adapt_predict', 'model': spec.name, 'copies': args.copies, 'steps': 1,
          'images_per_round': args.images, 'rounds': args.rounds,
          'device': jax.devices()[0].platform, 'machine': platform.machine(),
          'jax': jax.__version__, 'settings': {}}

@@ -1,37 +1,186 @@
-"""MEMO test-time adaptation on CIFAR-10-C with freezing options (paper Section 2.2).
+"""MEMO test-time adaptation on shifted test sets with freezing options (paper Section 2.2).
 
-One row of results.csv per corruption x (mode/option): the accuracy of adapt-then-predict
+One row of results.csv per shift x (mode/option): the accuracy of adapt-then-predict
 over a stream of test images. Per-image correctness goes to streams/ for the plot of
 online accuracy along the stream (paper Fig. 4, right).
+
+The model comes from `surgery.models.create(config.model.name, ...)` and must declare
+MEMO freezing options (`extra_group_maps['memo']`); `config.options` names them. Target
+data comes from the dataset contract (`surgery.datasets`). Every row carries the
+fingerprint of the config fields that affect results; rerunning a workdir whose rows
+were made under other values stops before any run and names the fields.
 """
 import json
+import math
 import os
 import time
+from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 import surgery
-from surgery.checkpoints import load_pretrained
-from surgery.corruptions import CORRUPTIONS
+from surgery import datasets
+from surgery.data.sources import to_arrays
 from surgery.errors import SurgeryError
 from surgery.memo import adapt
-from surgery.models import ResNet26
+from surgery.optim import BASE_OPTIMIZERS
 from experiments import results as results_lib
-from experiments import shifts as shifts_lib
-from experiments.finetune import split_list
+from experiments.plan import as_list, model_spec, result_fields
+
+# Run axes: they choose which rows exist (each row's key holds its shift, method and
+# seed), never what a row holds, so a rerun may change them; the fingerprint leaves
+# them out. (`corruptions`, `eval_batch_size`, `data_dir`, `title` are left out by
+# `experiments.plan.result_fields` already.)
+RUN_AXES = ('modes', 'options', 'no_adaptation', 'seed')
 
 
-def stream_subset(labels, n, seed):
+class MemoPlan(NamedTuple):
+  config: Any
+  spec: Any  # surgery.models.ModelSpec
+  dataset: Any
+  shifts: list
+  modes: list
+  options: list
+  methods: list  # 'no_adaptation' and '<mode>/<option>', in run order
+  group_map: tuple  # the model's MEMO (groups, {option: group spec})
+  result_fields: dict
+  fingerprint: str
+
+
+def memo_result_fields(config) -> dict:
+  """The config fields that change a MEMO row's result (flattened, json-normalised)."""
+  return {k: v for k, v in result_fields(config).items() if k not in RUN_AXES}
+
+
+def _int_field(config, field, low):
+  value = config[field]
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise SurgeryError(f'{field} must be an integer >= {low}, got {value!r}')
+  return value
+
+
+def _check_mode_settings(config):
+  """`<mode>.optimizer/learning_rate/weight_decay`: '' / 0 / negative keep the default."""
+  for mode in adapt.MODES:
+    mc = config[mode]
+    if mc.optimizer and mc.optimizer not in BASE_OPTIMIZERS:
+      raise SurgeryError(f'{mode}.optimizer must be empty (the default) or one of '
+                         f'{", ".join(BASE_OPTIMIZERS)}, got {mc.optimizer!r}')
+    for field in ('learning_rate', 'weight_decay'):
+      value = mc[field]
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SurgeryError(f'{mode}.{field} must be a finite number, got {value!r}')
+    if mc.learning_rate < 0:
+      raise SurgeryError(f'{mode}.learning_rate must be >= 0 (0: the default), got '
+                         f'{mc.learning_rate!r}')
+
+
+def _names(config, field, valid):
+  """A list field (tuple or comma string) checked against `valid`."""
+  values = as_list(config[field], field)
+  bad = [v for v in values if v not in valid]
+  if bad:
+    raise SurgeryError(f'{field}: unknown {field[:-1]} {", ".join(map(repr, bad))}; valid: '
+                       f'{", ".join(valid)}')
+  return list(dict.fromkeys(values))
+
+
+def make_plan(config) -> MemoPlan:
+  """Checks every field of a MEMO config once, before any run: one SurgeryError line
+  naming the field on the first bad value."""
+  spec = model_spec(config)
+  group_map = adapt.memo_group_map(spec)
+  dataset = datasets.create(config.get('dataset', 'cifar10'), config)
+  if spec.num_classes != dataset.num_classes:
+    raise SurgeryError(f'model.num_classes is {spec.num_classes} but dataset '
+                       f'{config.get("dataset", "cifar10")} has {dataset.num_classes} classes')
+  if isinstance(config.severity, bool) or config.severity not in (1, 2, 3, 4, 5):
+    raise SurgeryError(f'severity must be 1 to 5, got {config.severity!r}')
+  # No model groups: parameter-noise shifts start from a perturbed model, which MEMO's
+  # stream does not build, so they are rejected as unknown shifts here.
+  shifts = dataset.shift_names()
+  sized = [s for s in shifts if '@' in s]
+  if sized:
+    raise SurgeryError(f'corruptions: MEMO uses no labelled target examples; drop the '
+                       f'@<n> of {", ".join(sized)} (num_images sets the stream length)')
+  modes = _names(config, 'modes', adapt.MODES)
+  options = _names(config, 'options', tuple(group_map[1]))
+  if not isinstance(config.no_adaptation, bool):
+    raise SurgeryError(f'no_adaptation must be True or False, got {config.no_adaptation!r}')
+  methods = (['no_adaptation'] if config.no_adaptation else []) + [
+      f'{m}/{o}' for m in modes for o in options]
+  if not methods:
+    raise SurgeryError('modes, options: no run asked for (give a mode and an option, or '
+                       'no_adaptation=True)')
+  k = dataset.num_classes
+  num_images = config.num_images
+  if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < k or num_images % k:
+    raise SurgeryError(f'num_images must be a positive multiple of {k} (the number of '
+                       f'classes), got {num_images!r}')
+  for field in ('steps', 'num_copies', 'eval_batch_size'):
+    _int_field(config, field, 1)
+  for field in ('seed', 'corruption_seed'):
+    _int_field(config, field, 0)
+  _check_mode_settings(config)
+  if not config.init_checkpoint:
+    raise SurgeryError('init_checkpoint: MEMO adapts a source model; set '
+                       '--config.init_checkpoint')
+  if not os.path.exists(config.init_checkpoint):
+    raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
+  fields = memo_result_fields(config)
+  return MemoPlan(config, spec, dataset, shifts, modes, options, methods, group_map, fields,
+                  results_lib.fingerprint(fields))
+
+
+def _old_result_fields(config_path):
+  """The result fields of the config.json a workdir's rows were made with; configs from
+  before the model contract (`model_depth`, no `dataset`) read as what they meant."""
+  with open(config_path) as f:
+    old = json.load(f)
+  if 'model_depth' in old and 'model' not in old:
+    old['model'] = {'name': 'resnet26', 'depth': old.pop('model_depth')}
+  old.setdefault('dataset', 'cifar10')
+  return memo_result_fields(ml_collections.ConfigDict(old))
+
+
+def check_resume(workdir, table, plan):
+  """Stops before any run, naming the differing fields, if results.csv holds rows made
+  under other result fields than `plan`'s (the rules of `experiments.sweep.check_resume`,
+  with MEMO's run axes left out on both sides)."""
+  stale = {f for f in table.fingerprints() if f != plan.fingerprint}
+  legacy = bool(table.rows) and not table.fingerprints()
+  if not stale and not legacy:
+    return
+  config_path = os.path.join(workdir, 'config.json')
+  old_fields = _old_result_fields(config_path) if os.path.exists(config_path) else None
+  differ = results_lib.diff_fields(old_fields, plan.result_fields) if old_fields is not None else []
+  if legacy and old_fields is None:
+    return  # rows from before fingerprints with nothing to compare them to
+  if not differ and not stale:
+    return  # rows from before fingerprints, and config.json agrees
+  if differ:
+    named = ', '.join(differ)
+  elif old_fields is None:
+    named = 'unknown fields (no config.json to compare)'
+  else:
+    named = (f'unknown fields (rows carry fingerprint {", ".join(sorted(stale))}, this config '
+             f'{plan.fingerprint})')
+  raise SurgeryError(f'{workdir} holds results made with different settings: {named} differ; '
+                     'use a new --workdir or restore those values')
+
+
+def stream_subset(labels, n, seed, num_classes):
   """A class-balanced, seeded, shuffled subset of n indices (the order of the stream)."""
-  classes = np.unique(labels)
-  if n % len(classes) or n // len(classes) > min(np.sum(labels == c) for c in classes):
-    raise SurgeryError(f'num_images must be a multiple of {len(classes)} and at most '
-                       f'{len(labels)}, got {n}')
+  labels = np.asarray(labels)
+  per_class = n // num_classes
+  fewest = min(int(np.sum(labels == c)) for c in range(num_classes))
+  if n % num_classes or per_class > fewest:
+    raise SurgeryError(f'num_images must be a multiple of {num_classes} and at most '
+                       f'{num_classes * fewest} here (class-balanced), got {n}')
   rng = np.random.default_rng(seed)
-  idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n // len(classes)]
-                        for c in classes])
+  idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
+                        for c in range(num_classes)])
   return rng.permutation(idx)
 
 
@@ -48,60 +197,61 @@ def _mode_kwargs(config, mode):
 
 
 def train_and_evaluate(config, workdir):
-  shifts = ['clean'] if config.corruptions == 'clean' else split_list(
-      config.corruptions, 'corruption', CORRUPTIONS)
-  if not 1 <= int(config.severity) <= 5:
-    raise SurgeryError(f'severity must be 1 to 5, got {config.severity}')
-  modes = split_list(config.modes, 'mode', adapt.MODES)
-  options = split_list(config.options, 'option', tuple(adapt.OPTIONS))
-  methods = (['no_adaptation'] if config.no_adaptation else []) + [
-      f'{m}/{o}' for m in modes for o in options]
-
+  plan = make_plan(config)
+  shifts, methods = plan.shifts, plan.methods
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   os.makedirs(workdir, exist_ok=True)
-  results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
+  check_resume(workdir, table, plan)
   todo = [(s, m) for s in shifts for m in methods if not table.has(s, m, 0.0, config.seed)]
   print(f'{len(shifts) * len(methods)} runs planned, {len(todo)} to go; '
-        f'{config.num_images} images per corruption, {config.num_copies} augmented copies, '
-        f'{config.steps} step(s).', flush=True)
+        f'{config.num_images} images per shift, {config.num_copies} augmented copies, '
+        f'{config.steps} step(s). Model {plan.spec.name}.', flush=True)
+  # Loaded before config.json is written, so an unusable checkpoint changes nothing.
+  variables = plan.spec.load(config.init_checkpoint) if todo else None
+  results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+  if not todo:
+    print(write_outputs(workdir, table.rows, plan))
+    return table.rows
 
-  model = ResNet26(depth=config.get('model_depth', 26))
-  template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
-  if not config.init_checkpoint:
-    raise SurgeryError('MEMO adapts a source model: set --config.init_checkpoint')
-  params = load_pretrained(config.init_checkpoint, template)
+  model = plan.spec.module
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  predict = surgery.make_predict(model)
 
   for shift in shifts:
     if not any(t[0] == shift for t in todo):
       continue
-    images, labels = shifts_lib.target_data(config, shifts_lib.parse(shift))
-    order = stream_subset(labels, config.num_images, config.seed)
-    x, y = images[order], labels[order]
+    target = to_arrays(plan.dataset.target(shift))
+    order = stream_subset(target['label'], config.num_images, config.seed,
+                          plan.dataset.num_classes)
+    x, y = target['image'][order], target['label'][order]
     for method in methods:
       if table.has(shift, method, 0.0, config.seed):
         continue
       start = time.time()
       if method == 'no_adaptation':
-        predict = surgery.make_predict(model)
-        logits = np.concatenate([np.asarray(predict(params, {}, x[i:i + config.eval_batch_size]))
-                                 for i in range(0, len(x), config.eval_batch_size)])
-        out = {'correct': logits.argmax(-1) == y, 'images_per_second': float('nan')}
+        preds = surgery.train.predictions(predict, params, model_state, x,
+                                          config.eval_batch_size)
+        out = {'correct': preds == y, 'images_per_second': float('nan')}
       else:
         mode, option = method.split('/')
         print(f'{shift}: MEMO {mode} {option}', flush=True)
-        out = adapt.adapt_stream(model, params, x, y, mode, option, steps=config.steps,
-                                 num_copies=config.num_copies, seed=config.seed,
+        out = adapt.adapt_stream(model, params, x, y, mode, option, group_map=plan.group_map,
+                                 steps=config.steps, num_copies=config.num_copies,
+                                 seed=config.seed, model_state=model_state,
                                  **_mode_kwargs(config, mode))
       correct = np.asarray(out['correct'], bool)
       _save_stream(workdir, shift, method, correct)
       table.add(dict(shift=shift, method=method, lr=0.0, seed=config.seed, best_epoch=0,
                      val_acc='', test_acc=float(correct.mean()), n_test=len(correct),
-                     seconds=round(time.time() - start, 1),
+                     seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint,
                      extra=f'{out["images_per_second"]:.3f} images/s'))
       print(f'{shift:16s} {method:24s} accuracy {correct.mean():.4f} '
             f'({out["images_per_second"]:.2f} images/s)', flush=True)
-      write_outputs(workdir, table.rows, methods, shifts, config)
-  print(write_outputs(workdir, table.rows, methods, shifts, config))
+      write_outputs(workdir, table.rows, plan)
+  print(write_outputs(workdir, table.rows, plan))
   return table.rows
 
 
@@ -118,9 +268,10 @@ def _load_stream(workdir, shift, method):
     return np.asarray(json.load(f), float)
 
 
-def write_outputs(workdir, rows, methods, shifts, config):
-  shown = [m for m in methods if any(r['method'] == m for r in rows)]
-  title = f'MEMO on CIFAR-10-C (severity {config.severity}), ResNet-26'
+def write_outputs(workdir, rows, plan):
+  config, shifts = plan.config, plan.shifts
+  shown = [m for m in plan.methods if any(r['method'] == m for r in rows)]
+  title = f'{config.get("title") or f"MEMO, {plan.spec.name}"} (severity {config.severity})'
   settings = '; '.join(
       f'{mode}: ' + ', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
                               for k, v in {**adapt.DEFAULTS[mode], **_mode_kwargs(config, mode)}.items())
@@ -128,7 +279,7 @@ def write_outputs(workdir, rows, methods, shifts, config):
   text, _ = results_lib.markdown_summary(
       rows, shown, shifts, title, protocol='one MEMO setting per mode, no tuning.',
       show_lrs=False,
-      notes=(f'{config.num_images} test images per corruption, adapted in one seeded, '
+      notes=(f'{config.num_images} test images per shift, adapted in one seeded, '
              f'class-balanced stream; {config.num_copies} augmented copies, {config.steps} '
              'step(s). Episodic resets to the source model after every image; online keeps '
              f'the updates. Optimizers: {settings}.\n\n' + _speed_markdown(rows, shown)))

@@ -1,9 +1,10 @@
-"""Stage 1: pre-train ResNet-26 on CIFAR-10 train (the source domain) when no
+"""Stage 1: pre-train the source model on the dataset's source (train) split when no
 checkpoint is given. SGD with momentum, cosine learning rate, random crop + flip.
 
-The finished model is saved with orbax in WORKDIR/source_model; after every epoch the
-model and optimizer state go to WORKDIR/source_model_partial so an interrupted run
-resumes from its last finished epoch.
+Any model (`surgery.models`) and dataset (`surgery.datasets`) contract: the model comes
+as a spec, the data from `dataset.source('train')`. The finished variables dict is
+saved with orbax in WORKDIR/source_model (what `spec.load` reads); after every epoch the model and optimizer state go to
+WORKDIR/source_model_partial so an interrupted run resumes from its last finished epoch.
 """
 import json
 import os
@@ -14,43 +15,55 @@ import optax
 from tqdm import tqdm
 
 import surgery
+from surgery import datasets
 from surgery.checkpoints import load_orbax_params, save_params
-from surgery.data import load_cifar10
+from surgery.data.sources import to_arrays
 from experiments.results import atomic_write
 
 
 def augment(images, rng):
-  """Random 32x32 crop of the 4-pixel zero-padded image, and a horizontal flip."""
-  n = len(images)
+  """Random crop of the 4-pixel zero-padded image (back to its size), and a
+  horizontal flip."""
+  n, h, w = images.shape[:3]
   padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
   dy, dx = rng.randint(0, 9, n), rng.randint(0, 9, n)
-  rows = dy[:, None] + np.arange(32)[None]
-  cols = dx[:, None] + np.arange(32)[None]
+  rows = dy[:, None] + np.arange(h)[None]
+  cols = dx[:, None] + np.arange(w)[None]
   out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
   flip = rng.rand(n) < 0.5
   out[flip] = out[flip, :, ::-1]
   return out
 
 
-def pretrain_or_load(config, workdir, model, variables):
+def _train_module(spec, model_state):
+  """Pre-training trains every layer, so BatchNorm layers run in train mode (the
+  spec's module keeps them in eval mode, as fine-tuning wants)."""
+  if 'batch_stats' in model_state and hasattr(spec.module, 'bn_train_layers'):
+    return spec.module.clone(bn_train_layers=None)
+  return spec.module
+
+
+def pretrain_or_load(config, workdir, spec) -> dict:
+  """The source model's variables ({'params': ...} plus e.g. 'batch_stats'): loaded
+  from WORKDIR/source_model, else pre-trained (resuming a partial run) and saved."""
   final = os.path.join(workdir, 'source_model')
-  template = {'params': variables['params'],
-              'model_state': {k: v for k, v in variables.items() if k != 'params'}}
   if os.path.isdir(final):
     print(f'source model: loading {final}', flush=True)
-    restored = load_orbax_params(final, template)
-    return restored['params'], restored['model_state']
+    return _load_final(final, spec)
 
   pc = config.pretrain
-  images, labels = load_cifar10('train', config.data_dir or None)
+  variables = spec.init(pc.get('seed', 0))
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  dataset_name = config.get('dataset', 'cifar10')
+  train = to_arrays(datasets.create(dataset_name, config).source('train'))
+  images, labels = train['image'], train['label']
   steps_per_epoch = len(images) // pc.batch_size
   schedule = optax.cosine_decay_schedule(pc.lr, pc.epochs * steps_per_epoch)
   tx = optax.chain(optax.add_decayed_weights(pc.weight_decay),
                    optax.sgd(schedule, momentum=pc.momentum))
-  mask = jax.tree_util.tree_map(lambda _: True, variables['params'])
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
-  step = surgery.make_train_step(model, tx, mask, mesh=mesh)
-  state = surgery.init_train_state(variables['params'], tx, template['model_state'])
+  step = surgery.make_train_step(_train_module(spec, model_state), tx, mesh=mesh)
+  state = surgery.init_train_state(variables['params'], tx, model_state)
 
   partial = os.path.join(workdir, 'source_model_partial')
   meta_path = os.path.join(workdir, 'source_model_partial.json')
@@ -63,7 +76,7 @@ def pretrain_or_load(config, workdir, model, variables):
     print(f'source model: resuming pre-training after epoch {start}', flush=True)
   state = surgery.replicate(mesh, state)
 
-  print(f'source model: pre-training ResNet-26 on {len(images)} CIFAR-10 images for '
+  print(f'source model: pre-training {spec.name} on {len(images)} {dataset_name} images for '
         f'{pc.epochs} epochs (no init_checkpoint given)', flush=True)
   for epoch in range(start, pc.epochs):
     rng = np.random.RandomState(pc.seed * 1000 + epoch)
@@ -79,5 +92,21 @@ def pretrain_or_load(config, workdir, model, variables):
     atomic_write(meta_path, json.dumps({'epochs_done': epoch + 1}))
     print(f'pretrain epoch {epoch + 1}: last batch loss {float(metrics["loss"]):.3f}', flush=True)
   state = jax.device_get(state)
-  save_params(final, {'params': state.params, 'model_state': state.model_state})
-  return state.params, state.model_state
+  variables = {'params': state.params, **state.model_state}
+  save_params(final, variables)
+  return variables
+
+
+def _load_final(path, spec) -> dict:
+  try:
+    return spec.load(path)
+  except ValueError as e:  # SurgeryError, or orbax's own on a structure mismatch
+    # Saved before the model contract as {'params', 'model_state'}: with an empty
+    # model_state (GroupNorm) orbax refuses to restore it as bare variables.
+    template = spec.init()
+    model_state = {k: v for k, v in template.items() if k != 'params'}
+    try:
+      old = load_orbax_params(path, {'params': template['params'], 'model_state': model_state})
+    except ValueError:
+      raise e from None
+    return {'params': old['params'], **old['model_state']}

@@ -22,8 +22,9 @@ from experiments import results as results_lib
 from experiments.plan import make_plan
 
 
-def check_resume(workdir, table, plan):
-  """Stops before any run if results.csv holds rows made under other result fields."""
+def check_resume(workdir, table, plan, exclude=()):
+  """Stops before any run if results.csv holds rows made under other result fields
+  (`plan.result_fields`, minus the names in `exclude`)."""
   stale = {f for f in table.fingerprints() if f != plan.fingerprint}
   legacy = bool(table.rows) and not table.fingerprints()
   if not stale and not legacy:
@@ -34,7 +35,8 @@ def check_resume(workdir, table, plan):
     from experiments.plan import result_fields
     import ml_collections
     with open(config_path) as f:
-      old_fields = result_fields(ml_collections.ConfigDict(json.load(f)))
+      old_fields = {k: v for k, v in result_fields(ml_collections.ConfigDict(json.load(f))).items()
+                    if k not in exclude}
   differ = results_lib.diff_fields(old_fields, plan.result_fields) if old_fields else []
   if legacy and not differ and old_fields:
     return  # rows from before fingerprints, and config.json agrees

@@ -1,8 +1,17 @@
 """A PyTorch ResNet-26 (the TTT/MEMO architecture) used only as a reference in tests
 and benchmarks. Feed it contiguous NCHW tensors: torch 2.13's CPU GroupNorm backward
-segfaults on channels-last inputs that need no gradient."""
+segfaults on channels-last inputs that need no gradient.
+
+Its parameters map one to one onto the Flax model's through the MEMO checkpoint
+importer's names (`surgery.checkpoints.memo.torch_name`), so a Flax trainable mask
+says which torch parameters to tune (`tuned_parameters`): no group is named here.
+"""
+import jax
 import torch
 from torch import nn
+
+from surgery.checkpoints.memo import torch_name
+from surgery.groups import path_str
 
 
 class _Shortcut(nn.Module):
@@ -31,13 +40,13 @@ class _Block(nn.Module):
 
 
 class TorchResNet26(nn.Module):
-  def __init__(self, num_classes=10, width=1, groups=8):
+  def __init__(self, num_classes=10, width=1, groups=8, depth=26):
     super().__init__()
     self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
     c_in, layers = 16, []
     for features, stride in ((16, 1), (32, 2), (64, 2)):
       blocks = []
-      for i in range(4):
+      for i in range((depth - 2) // 6):
         blocks.append(_Block(c_in, features * width, stride if i == 0 else 1, groups))
         c_in = features * width
       layers.append(nn.Sequential(*blocks))
@@ -55,3 +64,36 @@ class TorchResNet26(nn.Module):
 def load_state_dict_numpy(model, state_dict):
   model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state_dict.items()})
   return model
+
+
+def to_input(images):
+  """uint8 NHWC images -> the normalised, contiguous NCHW float tensor the net takes
+  (mean and std 0.5, as the Flax model normalises inside)."""
+  import numpy as np
+  x = (np.asarray(images) / 255.0 - 0.5) / 0.5
+  return torch.from_numpy(np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2)))
+
+
+def from_spec(spec):
+  """The torch twin of a `surgery.models` spec, or None where there is none (only the
+  GroupNorm ResNet-26 has one)."""
+  overrides = dict(spec.overrides)
+  if spec.name != 'resnet26' or overrides.get('norm', 'group') != 'group':
+    return None
+  return TorchResNet26(num_classes=spec.num_classes, width=overrides.get('width', 1),
+                       depth=overrides.get('depth', 26))
+
+
+def tuned_parameters(net, mask):
+  """The parameters of `net` whose Flax twins `mask` (a Flax params-shaped pytree of
+  bools) tunes, in `net.parameters()` order.
+
+  Raises:
+    ValueError: a tuned Flax parameter has no torch twin (the models disagree).
+  """
+  tuned = {torch_name(path_str(p)) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+  named = dict(net.named_parameters())
+  missing = sorted(tuned - set(named))
+  if missing:
+    raise ValueError(f'no torch parameter for {missing[:4]}')
+  return [p for name, p in named.items() if name in tuned]

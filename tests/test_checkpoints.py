@@ -3,20 +3,20 @@ import pickle
 import zipfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from surgery import CheckpointError
+import surgery
+from surgery import CheckpointError, models, trainable_mask
 from surgery.checkpoints import load_pretrained, load_torch_zip, save_params, state_dict_to_params
-from surgery.models import ResNet26
 
-MODEL = ResNet26()
+SPEC = models.create('resnet26')
+MODEL = SPEC.module
 
 
 @pytest.fixture(scope='module')
 def template():
-  return MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return SPEC.init()['params']
 
 
 def test_memo_logits_match_pytorch(memo_weights, template):
@@ -85,7 +85,7 @@ def test_orbax_round_trip_and_mismatch(tmp_path, template):
   restored = load_pretrained(path, template)
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(template)):
     np.testing.assert_array_equal(a, b)
-  wide = ResNet26(width=2).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  wide = models.create('resnet26', width=2).init()['params']
   with pytest.raises(CheckpointError, match='wrong shape'):
     load_pretrained(path, wide)
 
@@ -108,3 +108,31 @@ def test_memo_on_real_test_images_agrees_with_pytorch(memo_weights, template):
   assert np.mean(ours == ref) >= 0.998
   # 0.8207 on all 10,000 images; a 500-image subset lands within a few points.
   assert 0.77 <= np.mean(ours == labels) <= 0.87
+
+
+def test_spec_load_reads_the_memo_file_like_load_pretrained(memo_weights, template):
+  variables = SPEC.load(memo_weights)
+  assert set(variables) == {'params'}
+  for a, b in zip(jax.tree_util.tree_leaves(variables['params']),
+                  jax.tree_util.tree_leaves(load_pretrained(memo_weights, template))):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+# The torch modules each method tuned in experiments/bench.py before the map was
+# derived from the checkpoint importer's names.
+TORCH_MODULES = {'first_layer': ['conv1'], 'block1': ['conv1', 'layer1'], 'block2': ['layer2'],
+                 'block3': ['layer3'], 'last': ['bn', 'fc']}
+
+
+def test_torch_reference_tunes_the_same_parameters_as_the_flax_mask(template):
+  pytest.importorskip('torch')
+  from experiments.torch_reference import from_spec, tuned_parameters
+  net = from_spec(SPEC)
+  assert from_spec(models.create('resnet26', norm='batch')) is None
+  for method, group_spec in SPEC.methods.items():
+    got = {id(p) for p in tuned_parameters(net, trainable_mask(template, SPEC.groups, group_spec))}
+    modules = [net] if method == 'all' else [getattr(net, m) for m in TORCH_MODULES[method]]
+    assert got == {id(p) for m in modules for p in m.parameters()}, method
+  small_spec = models.create('resnet26', depth=8)
+  small = from_spec(small_spec)
+  assert sum(p.numel() for p in small.parameters()) == surgery.count_params(small_spec.init()['params'])

@@ -1,16 +1,17 @@
 import jax
-import jax.numpy as jnp
 import pytest
 
-from surgery import GroupSpecError, assign_groups, group_sizes, parse_spec, trainable_mask
-from surgery.models import RESNET26_GROUPS, ResNet26
+from surgery import GroupSpecError, assign_groups, group_sizes, models, parse_spec, trainable_mask
+
+SPEC = models.create('resnet26')
+RESNET26_GROUPS = SPEC.groups
 
 NAMES = ['first_layer', 'block1', 'block2', 'block3', 'last']
 
 
 @pytest.fixture(scope='module')
 def params():
-  return ResNet26().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return SPEC.init()['params']
 
 
 @pytest.mark.parametrize('spec,expected', [
@@ -60,3 +61,10 @@ def test_empty_group_is_an_error(params):
   patterns = list(RESNET26_GROUPS) + [('adapter', r'^adapter/')]
   with pytest.raises(GroupSpecError, match="'adapter'.*hold no parameters"):
     trainable_mask(params, patterns, 'adapter')
+
+
+def test_resnet26_spec_names_its_groups_and_methods(params):
+  assert SPEC.group_names() == NAMES
+  assert SPEC.methods['block1'] == 'first_layer,block1'  # the paper's block1: stem + stage 1
+  for method, group_spec in SPEC.methods.items():
+    assert any(jax.tree_util.tree_leaves(trainable_mask(params, SPEC.groups, group_spec))), method

@@ -1,14 +1,18 @@
 """MEMO augmentations, marginal entropy and episodic/online surgical adaptation."""
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from surgery import models
+from surgery.errors import SurgeryError
 from surgery.groups import path_str
 from surgery.memo import augment as A
-from surgery.memo.adapt import (image_keys, make_adapt_predict, marginal_entropy, memo_mask,
-                                memo_optimizer, run_stream)
-from surgery.models import ResNet26
+from surgery.memo.adapt import (adapt_stream, image_keys, make_adapt_predict, marginal_entropy,
+                                memo_group_map, memo_mask, memo_optimizer, run_stream)
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -108,19 +112,20 @@ def test_augment_batch_deterministic_per_key():
 
 @pytest.fixture(scope='module')
 def setup():
-  model = ResNet26(depth=8)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
-  mask = memo_mask(params, 'first_layer')
+  spec = models.create('resnet26', depth=8)
+  group_map = memo_group_map(spec)
+  params = jax.jit(spec.init)()['params']
+  mask = memo_mask(params, 'first_layer', group_map)
   tx = memo_optimizer('online', mask, learning_rate=0.5)  # large: every step shows
-  fn = make_adapt_predict(model, tx, mask, num_copies=4)
+  fn = make_adapt_predict(spec.module, tx, num_copies=4)
   images = RNG.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   return dict(params=params, opt_state=tx.init(params), fn=fn, images=images,
-              labels=np.array([0, 1, 2]))
+              labels=np.array([0, 1, 2]), group_map=group_map)
 
 
 def test_masks_select_the_paper_layers(setup):
   def tuned(option):
-    m = memo_mask(setup['params'], option)
+    m = memo_mask(setup['params'], option, setup['group_map'])
     return sorted(path_str(p) for p, v in jax.tree_util.tree_leaves_with_path(m) if v)
 
   assert tuned('first_layer') == ['stem/kernel']
@@ -150,3 +155,73 @@ def test_online_first_layer_changes_only_the_stem(setup):
                    setup['labels'], 'online', seed=0, progress=False)
   assert _changed(setup['params'], out['params']) == ['stem/kernel']
   assert out['images_per_second'] > 0
+
+
+def test_frozen_leaves_stay_bitwise_through_the_adapt_step(setup):
+  # A -0.0 in a frozen leaf: an update of +0.0 (or a masked add) would flip its sign bit.
+  params = jax.tree_util.tree_map(lambda p: p, setup['params'])
+  params['head']['bias'] = params['head']['bias'].at[0].set(-0.0)
+  adapted, _, _ = setup['fn'](params, setup['opt_state'], setup['images'][0], image_keys(0, 1)[0])
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(adapted), jax.tree_util.tree_leaves(params)):
+    if path_str(path) != 'stem/kernel':
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), path_str(path)
+
+
+def test_group_map_comes_from_the_model_spec():
+  spec = models.create('resnet26', depth=8)
+  groups, options = memo_group_map(spec)
+  assert (groups, options) == (tuple(spec.extra_group_maps['memo'][0]),
+                               dict(spec.extra_group_maps['memo'][1]))
+  bare = dataclasses.replace(spec, extra_group_maps={})
+  with pytest.raises(SurgeryError) as err:
+    memo_group_map(bare)
+  assert 'resnet26 declares no MEMO freezing options' in str(err.value)
+  assert '\n' not in str(err.value)
+  with pytest.raises(SurgeryError, match="unknown MEMO option 'stem_only'; valid: all, first_layer"):
+    memo_mask(spec.init()['params'], 'stem_only', (groups, options))
+
+
+def test_batchnorm_model_adapts_in_eval_mode():
+  # MEMO calls net.eval(): one test image must be normalised with the running
+  # statistics, which never move (in train mode a batch of one would normalise by its
+  # own statistics, and Flax would need them mutable).
+  spec = models.create('resnet26', depth=8, norm='batch')
+  variables = spec.init()
+  params = variables['params']
+  stats = jax.tree_util.tree_map(lambda s: s + 0.25, variables['batch_stats'])  # not the identity
+  model_state = {'batch_stats': stats}
+  before = [np.asarray(s).tobytes() for s in jax.tree_util.tree_leaves(stats)]
+  group_map = memo_group_map(spec)
+  tx = memo_optimizer('episodic', memo_mask(params, 'last', group_map))
+  fn = make_adapt_predict(spec.module, tx, num_copies=4, model_state=model_state)
+  image = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  adapted, _, logits = fn(params, tx.init(params), image, image_keys(0, 1)[0])
+  expected = spec.module.apply({'params': adapted, **model_state},
+                               image[None].astype(np.float32) / 255, train=False)[0]
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), rtol=1e-5, atol=1e-5)
+  assert [np.asarray(s).tobytes() for s in jax.tree_util.tree_leaves(stats)] == before
+  out = adapt_stream(spec.module, params, image[None], np.array([3]), 'online', 'last',
+                     group_map=group_map, num_copies=2, model_state=model_state, progress=False)
+  assert len(out['correct']) == 1
+
+
+class _NoTrainFlag(nn.Module):
+  """A Linen model whose __call__ takes no `train` argument."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), name='conv')(x)
+    return nn.Dense(10, name='head')(jnp.mean(x, axis=(1, 2)))
+
+
+def test_any_linen_model_with_a_memo_group_map():
+  model = _NoTrainFlag()
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  group_map = ((('conv', r'^conv/'), ('head', r'^head/')), {'everything': 'all', 'top': 'head'})
+  out = adapt_stream(model, params, RNG.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+                     np.array([0, 1]), 'online', 'top', group_map=group_map, num_copies=2,
+                     progress=False)
+  changed = {path_str(p) for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(out['params']),
+                                              jax.tree_util.tree_leaves(params))
+             if np.asarray(a).tobytes() != np.asarray(b).tobytes()}
+  assert changed and all(p.startswith('head/') for p in changed)

@@ -1,5 +1,6 @@
 """The MEMO runner end to end on a tiny image folder and a depth-8 ResNet."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -7,9 +8,7 @@ import pytest
 
 from configs import memo_cifar10c
 from experiments import memo as runner
-import jax
-import jax.numpy as jnp
-from surgery.models import ResNet26
+from surgery import models
 from surgery.checkpoints import save_params
 from surgery.errors import SurgeryError
 from test_main import _write_folder
@@ -21,24 +20,32 @@ def tiny(tmp_path, monkeypatch):
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
   config = memo_cifar10c.get_config()
   config.data_dir = str(tmp_path / 'data')
-  config.model_depth = 8
-  params = ResNet26(depth=8).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  config.model.depth = 8
+  params = models.create('resnet26', depth=8).init()['params']
   config.init_checkpoint = save_params(str(tmp_path / 'source'), params)
-  config.corruptions = 'gaussian_noise'
-  config.modes = 'online'
-  config.options = 'first_layer'
+  config.corruptions = ('gaussian_noise',)
+  config.modes = ('online',)
+  config.options = ('first_layer',)
   config.num_images = 10
   config.num_copies = 2
   config.eval_batch_size = 5
   return config, tmp_path
 
 
-def test_memo_sweep_outputs(tiny):
+def _rows(workdir):
+  with open(os.path.join(workdir, 'results.csv'), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _files(workdir, names=('results.csv', 'config.json')):
+  return {f: open(os.path.join(workdir, f), 'rb').read() for f in names}
+
+
+def test_memo_sweep_outputs_and_safe_resume(tiny, monkeypatch):
   config, tmp = tiny
   workdir = str(tmp / 'work')
   runner.train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, 'results.csv'), newline='') as f:
-    rows = list(csv.DictReader(f))
+  rows = _rows(workdir)
   assert [r['method'] for r in rows] == ['no_adaptation', 'online/first_layer']
   assert all(r['n_test'] == '10' and 0 <= float(r['test_acc']) <= 1 for r in rows)
   with open(os.path.join(workdir, 'streams', 'gaussian_noise_online_first_layer.json')) as f:
@@ -46,14 +53,121 @@ def test_memo_sweep_outputs(tiny):
   assert len(stream) == 10 and sum(stream) / 10 == pytest.approx(float(rows[1]['test_acc']))
   assert os.path.getsize(os.path.join(workdir, 'online_accuracy.png')) > 1000
   assert '| online/first_layer |' in open(os.path.join(workdir, 'summary.md')).read()
+  fingerprints = {r['fingerprint'] for r in rows}
+  assert fingerprints == {runner.make_plan(config).fingerprint} and len(rows[0]['fingerprint']) == 12
+
+  # Changed result fields stop before any run, name every differing field, and leave
+  # config.json and results.csv byte for byte alone.
+  calls = []
+  original = runner.adapt.adapt_stream
+  monkeypatch.setattr(runner.adapt, 'adapt_stream',
+                      lambda *a, **k: calls.append(a[5]) or original(*a, **k))
+  before = _files(workdir)
+  config.steps, config.num_copies = 2, 3
+  with pytest.raises(SurgeryError) as err:
+    runner.train_and_evaluate(config, workdir)
+  assert 'num_copies, steps differ' in str(err.value) and '\n' not in str(err.value)
+  assert _files(workdir) == before and calls == []
+  config.steps, config.num_copies = 1, 2
+
+  # Run axes (options, modes, no_adaptation, seed) may change: only the new runs run,
+  # under the same fingerprint.
+  config.options = ('first_layer', 'last')
+  config.no_adaptation = False
+  runner.train_and_evaluate(config, workdir)
+  assert calls == ['last']
+  again = _rows(workdir)
+  assert [r['method'] for r in again] == ['no_adaptation', 'online/first_layer', 'online/last']
+  assert again[:2] == rows and {r['fingerprint'] for r in again} == fingerprints
 
 
-def test_bad_option_and_size(tiny):
+def test_rows_from_before_fingerprints_resume_when_config_json_agrees(tiny):
   config, tmp = tiny
-  config.options = 'first_layer,stem_only'
-  with pytest.raises(SurgeryError, match="unknown option \\['stem_only'\\]"):
-    runner.train_and_evaluate(config, str(tmp / 'w1'))
-  config.options = 'first_layer'
-  config.num_images = 7
-  with pytest.raises(SurgeryError, match='multiple of 10'):
-    runner.train_and_evaluate(config, str(tmp / 'w2'))
+  workdir = tmp / 'work'
+  config.modes, config.no_adaptation = (), True
+  runner.train_and_evaluate(config, str(workdir))
+  # As the runner wrote them before the model contract: no fingerprint column, and
+  # `model_depth` instead of `model` in config.json.
+  rows = _rows(workdir)
+  with open(workdir / 'results.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, [c for c in rows[0] if c != 'fingerprint'], extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+  old = json.loads((workdir / 'config.json').read_text())
+  old['model_depth'] = old.pop('model')['depth']
+  del old['dataset']
+  config.modes = ('online',)
+
+  # config.json disagrees on a result field: stop, name it, touch nothing.
+  (workdir / 'config.json').write_text(json.dumps({**old, 'severity': 3}))
+  before = _files(workdir)
+  with pytest.raises(SurgeryError, match='different settings: severity differ'):
+    runner.train_and_evaluate(config, str(workdir))
+  assert _files(workdir) == before
+
+  (workdir / 'config.json').write_text(json.dumps(old))
+  runner.train_and_evaluate(config, str(workdir))
+  assert [r['method'] for r in _rows(workdir)] == ['no_adaptation', 'online/first_layer']
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('options', ('first_layer', 'stem_only'), "options: unknown option 'stem_only'; valid: all, "),
+    ('modes', ('online', 'sideways'), "modes: unknown mode 'sideways'; valid: episodic, online"),
+    ('num_images', 7, 'num_images must be a positive multiple of 10'),
+    ('severity', 6, 'severity must be 1 to 5, got 6'),
+    ('steps', 0, 'steps must be an integer >= 1, got 0'),
+    ('num_copies', -2, 'num_copies must be an integer >= 1, got -2'),
+    ('eval_batch_size', 0, 'eval_batch_size must be an integer >= 1'),
+    ('seed', -1, 'seed must be an integer >= 0'),
+    ('corruptions', ('fog_of_war',), "corruptions: unknown shift 'fog_of_war'"),
+    ('corruptions', ('noise_block1',), "corruptions: unknown shift 'noise_block1'"),
+    ('corruptions', ('gaussian_noise@100',), 'corruptions: MEMO uses no labelled target'),
+    ('online.optimizer', 'lamb', 'online.optimizer must be empty (the default) or one of adam'),
+    ('episodic.learning_rate', -0.1, 'episodic.learning_rate must be >= 0'),
+    ('model.name', 'resnet9000', "unknown model 'resnet9000'; valid: resnet26"),
+    ('model.depth', 9, 'model.depth must be 6n+2'),
+    ('init_checkpoint', '/nonexistent.pth', 'init_checkpoint: /nonexistent.pth does not exist'),
+    ('init_checkpoint', '', 'init_checkpoint: MEMO adapts a source model'),
+])
+def test_user_errors_stop_before_anything_is_written(tiny, field, value, message):
+  config, tmp = tiny
+  section, _, name = field.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(SurgeryError) as err:
+    runner.train_and_evaluate(config, str(tmp / 'work'))
+  assert message in str(err.value) and '\n' not in str(err.value)
+  assert not os.path.exists(tmp / 'work')
+
+
+def test_no_run_asked_for(tiny):
+  config, tmp = tiny
+  config.modes, config.no_adaptation = (), False
+  with pytest.raises(SurgeryError, match='no run asked for'):
+    runner.train_and_evaluate(config, str(tmp / 'work'))
+
+
+def test_comma_strings_are_lists(tiny):
+  config, _ = tiny
+  # What `--config.options=first_layer,last` gives a tuple field.
+  config.modes = ('episodic,online',)
+  config.options = ('first_layer, last',)
+  plan = runner.make_plan(config)
+  assert plan.methods == ['no_adaptation', 'episodic/first_layer', 'episodic/last',
+                          'online/first_layer', 'online/last']
+  # Run axes are not result fields: the fingerprint does not move with them.
+  assert plan.fingerprint == runner.make_plan(memo_cifar10c_like(config)).fingerprint
+
+
+def memo_cifar10c_like(config):
+  other = config.copy_and_resolve_references()
+  other.modes, other.options, other.no_adaptation, other.seed = ('online',), ('last',), False, 3
+  return other
+
+
+def test_model_without_memo_options_is_one_line_error(tiny, monkeypatch):
+  config, tmp = tiny
+  bare = dataclasses.replace(models.create('resnet26', depth=8), extra_group_maps={})
+  monkeypatch.setattr(runner, 'model_spec', lambda config: bare)
+  with pytest.raises(SurgeryError) as err:
+    runner.train_and_evaluate(config, str(tmp / 'work'))
+  assert 'declares no MEMO freezing options' in str(err.value) and '\n' not in str(err.value)

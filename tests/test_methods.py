@@ -9,7 +9,7 @@ import surgery
 from surgery.methods import (auto_snr, channel_variance_per_tensor, frozen_set, gradual_unfreeze,
                              l1_sp_penalty, normalise, per_example_grads, set_snr_weights,
                              snr_criterion, snr_per_tensor, snr_weights, unfreeze_order)
-from surgery.models import RESNET26_GROUPS
+from surgery.models.resnet26 import GROUPS as RESNET26_GROUPS
 
 tmap = jax.tree_util.tree_map
 

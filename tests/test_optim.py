@@ -5,14 +5,15 @@ import optax
 import pytest
 
 import surgery
-from surgery.models import RESNET26_GROUPS, RESNET26_METHODS, ResNet26
+from surgery import models
 
-MODEL = ResNet26()
+SPEC = models.create('resnet26')
+MODEL = SPEC.module
 
 
 @pytest.fixture(scope='module')
 def params():
-  return MODEL.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return SPEC.init()['params']
 
 
 def _batch(seed=0, n=8):
@@ -21,7 +22,7 @@ def _batch(seed=0, n=8):
 
 
 def _tx(params, spec, name='adam'):
-  mask = surgery.trainable_mask(params, RESNET26_GROUPS, spec)
+  mask = surgery.trainable_mask(params, SPEC.groups, spec)
   return surgery.surgical(surgery.base_optimizer(name, 1e-2, weight_decay=1e-4), mask), mask
 
 
@@ -31,9 +32,9 @@ def test_frozen_leaves_bitwise_unchanged_after_10_steps(params, name):
   params = jax.tree_util.tree_map(lambda p: p, params)
   params['stage2']['block0']['conv1']['kernel'] = (
       params['stage2']['block0']['conv1']['kernel'].at[0, 0, 0, 0].set(-0.0))
-  tx, mask = _tx(params, RESNET26_METHODS['block1'], name)
+  tx, mask = _tx(params, SPEC.methods['block1'], name)
   before = jax.tree_util.tree_map(np.array, params)
-  step = surgery.make_train_step(MODEL, tx, mask)
+  step = surgery.make_train_step(MODEL, tx)
   state = surgery.init_train_state(params, tx)
   for i in range(10):
     state, _ = step(state, *_batch(i))
@@ -57,7 +58,7 @@ def test_frozen_leaves_have_no_optimizer_state(params):
 
 def _step_flops(params, spec):
   tx, mask = _tx(params, spec)
-  step = surgery.make_train_step(MODEL, tx, mask)
+  step = surgery.make_train_step(MODEL, tx)
   state = surgery.init_train_state(params, tx)
   cost = step.lower(state, *_batch()).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -87,3 +88,9 @@ def test_partition_matches_plain_adam_on_tuned_leaves():
   ref, _ = optax.adam(0.1).update(grads['a'], optax.adam(0.1).init(params['a']))
   np.testing.assert_array_equal(updates['a'], ref)
   np.testing.assert_array_equal(updates['b'], 0.0)
+  # -0.0, so that optax.apply_updates keeps every frozen value's bits, -0.0 included.
+  assert np.signbit(np.asarray(updates['b'])).all()
+  frozen = jnp.array([-0.0, 1.5])
+  for apply in (optax.apply_updates, surgery.apply_updates):  # the latter takes no mask
+    out = apply({'b': frozen}, {'b': updates['b']})['b']
+    assert np.asarray(out).tobytes() == np.asarray(frozen).tobytes()

@@ -39,4 +39,6 @@ def load_variables(path: str, template: dict) -> dict:
       return unpack(load_orbax_params(path, layout))
     except CheckpointError as e:
       first_error = first_error or e
+    except ValueError as e:  # orbax: same leaves, other tree structure; try the next
+      first_error = first_error or CheckpointError(f'{path} does not fit the model: {e}')
   raise first_error

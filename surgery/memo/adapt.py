@@ -4,13 +4,13 @@ MEMO (Zhang, Levine & Finn, 2021) adapts to a single test image by minimising th
 entropy of the model's average prediction over augmented copies of it, then predicts
 the unaugmented image. Lee et al. (ICLR 2023, Sec. 2.2 and App. A.6) run it
 *episodic* (reset to the pre-trained weights after every image; AdamW) and *online*
-(carry the weights along the stream; SGD), tuning only some layers:
+(carry the weights along the stream; SGD), tuning only some layers.
 
-  all             every parameter
-  first_layer     the stem conv
-  first_2_layers  the stem conv and the first conv of the first block
-  block1          the stem conv and the whole first stage
-  last            the final norm and the classifier (the repo's `last` group)
+Which layers an option tunes is the model's business: a model that supports MEMO
+declares `spec.extra_group_maps['memo'] = (groups, options)`, a group map (often finer
+than its fine-tuning one, e.g. with the first conv of the first block on its own) and
+option name -> group spec over it (see `surgery/models/resnet26.py` for the paper's
+options). Everything here takes that pair from the caller (`memo_group_map(spec)`).
 """
 import time
 from typing import Any, Optional
@@ -24,21 +24,10 @@ from tqdm import tqdm
 from surgery.errors import SurgeryError
 from surgery.groups import trainable_mask
 from surgery.memo.augment import MEMO_SEVERITY, augment_batch_float
-from surgery.models.resnet26 import GROUPS
-from surgery.optim import apply_updates, base_optimizer, surgical
-from surgery.train import to_float_images
+from surgery.optim import base_optimizer, surgical
+from surgery.train import forward, to_float_images
 
-# The repo's ResNet-26 groups plus one for `layer1.0.conv1` (the paper's "first conv
-# layer within the first block"); it sits before `block1` so first-match-wins takes
-# it out of that group, and `first_layer-block1` still covers the whole stage.
-MEMO_GROUPS = (GROUPS[0], ('first_block_conv', r'^stage1/block0/conv1/')) + tuple(GROUPS[1:])
-OPTIONS = {
-    'all': 'all',
-    'first_layer': 'first_layer',
-    'first_2_layers': 'first_layer,first_block_conv',
-    'block1': 'first_layer-block1',
-    'last': 'last',
-}
+MEMO_MAP = 'memo'  # the key of a model spec's `extra_group_maps` read here
 MODES = ('episodic', 'online')
 
 # MEMO's CIFAR-10 script (cifar-10-exps/test_calls/test_adapt.py) adapts with
@@ -69,11 +58,26 @@ def marginal_entropy(logits: jax.Array):
   return -jnp.sum(jnp.exp(avg_logits) * avg_logits, axis=-1), avg_logits
 
 
-def memo_mask(params: Any, option: str, groups=MEMO_GROUPS) -> Any:
-  """True where `option` (see OPTIONS) tunes the parameter."""
-  if option not in OPTIONS:
-    raise SurgeryError(f'unknown MEMO option {option!r}; valid: {list(OPTIONS)}')
-  return trainable_mask(params, groups, OPTIONS[option])
+GroupMap = tuple  # (groups, {option: group spec}): a spec's extra_group_maps['memo']
+
+
+def memo_group_map(spec) -> GroupMap:
+  """The MEMO group map a model spec declares (`extra_group_maps['memo']`); a model
+  without one is a user error, in one line."""
+  group_map = dict(getattr(spec, 'extra_group_maps', None) or {}).get(MEMO_MAP)
+  if group_map is None:
+    raise SurgeryError(f'model {getattr(spec, "name", "?")} declares no MEMO freezing options '
+                       f"(extra_group_maps['{MEMO_MAP}']), so MEMO cannot run on it")
+  groups, options = group_map
+  return tuple(groups), dict(options)
+
+
+def memo_mask(params: Any, option: str, group_map: GroupMap) -> Any:
+  """True where `option` of the model's MEMO `group_map` tunes the parameter."""
+  groups, options = group_map
+  if option not in options:
+    raise SurgeryError(f'unknown MEMO option {option!r}; valid: {", ".join(options)}')
+  return trainable_mask(params, groups, options[option])
 
 
 def memo_optimizer(mode: str, mask: Any, optimizer: Optional[str] = None,
@@ -81,7 +85,7 @@ def memo_optimizer(mode: str, mask: Any, optimizer: Optional[str] = None,
                    momentum: float = 0.0) -> optax.GradientTransformation:
   """The paper's per-mode optimizer (DEFAULTS), any field overridable, frozen by `mask`."""
   if mode not in MODES:
-    raise SurgeryError(f'unknown MEMO mode {mode!r}; valid: {list(MODES)}')
+    raise SurgeryError(f'unknown MEMO mode {mode!r}; valid: {", ".join(MODES)}')
   d = DEFAULTS[mode]
   base = base_optimizer(optimizer or d['optimizer'],
                         d['learning_rate'] if learning_rate is None else learning_rate,
@@ -90,23 +94,25 @@ def memo_optimizer(mode: str, mask: Any, optimizer: Optional[str] = None,
   return surgical(base, mask)
 
 
-def make_adapt_predict(model, optimizer: optax.GradientTransformation, mask: Any,
+def make_adapt_predict(model, optimizer: optax.GradientTransformation,
                        steps: int = STEPS, num_copies: int = NUM_COPIES,
                        severity: float = MEMO_SEVERITY, model_state: Optional[dict] = None):
   """A jitted `(params, opt_state, image_uint8_HWC, key) -> (params, opt_state, logits)`.
 
   Each of `steps` updates draws fresh augmentations (as MEMO re-augments per
   iteration); the network runs in eval mode throughout (MEMO calls `net.eval()`), so
-  BatchNorm statistics in `model_state` are used, never updated. Frozen leaves come
-  back as the very arrays passed in (`surgery.optim.apply_updates`).
+  BatchNorm statistics in `model_state` are used, never updated. `model` is a Linen
+  module with or without a `train` argument (`surgery.train.forward`). Freezing is the
+  optimizer's (`memo_optimizer`, i.e. `surgery.surgical`): frozen leaves get an update
+  of -0.0, so `optax.apply_updates` returns them bitwise unchanged.
   """
   model_state = model_state or {}
 
-  def forward(params, images):
-    return model.apply({'params': params, **model_state}, images, train=False)
+  def logits_of(params, images):
+    return forward(model, params, model_state, images, train=False)[0]
 
   def loss_fn(params, images):
-    return marginal_entropy(forward(params, images))[0]
+    return marginal_entropy(logits_of(params, images))[0]
 
   def adapt_predict(params, opt_state, image, key):
     def step(i, carry):
@@ -114,13 +120,13 @@ def make_adapt_predict(model, optimizer: optax.GradientTransformation, mask: Any
       batch = augment_batch_float(jax.random.fold_in(key, i), image, num_copies, severity)
       grads = jax.grad(loss_fn)(p, batch)
       updates, s = optimizer.update(grads, s, p)
-      return apply_updates(p, updates, mask), s
+      return optax.apply_updates(p, updates), s
 
     # A Python loop, not lax.fori_loop: XLA:CPU ran the convolutions inside a while
     # loop's body about 15x slower (2.8 s vs 0.18 s per image for `all`, 32 copies).
     for i in range(steps):
       params, opt_state = step(i, (params, opt_state))
-    logits = forward(params, to_float_images(image[None]))[0]
+    logits = logits_of(params, to_float_images(image[None]))[0]
     return params, opt_state, logits
 
   return jax.jit(adapt_predict)
@@ -141,7 +147,7 @@ def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
   includes compilation.
   """
   if mode not in MODES:
-    raise SurgeryError(f'unknown MEMO mode {mode!r}; valid: {list(MODES)}')
+    raise SurgeryError(f'unknown MEMO mode {mode!r}; valid: {", ".join(MODES)}')
   images, labels = np.asarray(images), np.asarray(labels)
   if images.dtype != np.uint8 or images.ndim != 4:
     raise SurgeryError(f'MEMO needs uint8 NHWC images, got {images.dtype} {images.shape}')
@@ -177,18 +183,19 @@ def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
 
 
 def adapt_stream(model, params: Any, images: np.ndarray, labels: np.ndarray,
-                 mode: str = 'online', option: str = 'first_2_layers', *,
+                 mode: str, option: str, *, group_map: GroupMap,
                  optimizer: Optional[str] = None, learning_rate: Optional[float] = None,
                  weight_decay: Optional[float] = None, momentum: float = 0.0,
                  steps: int = STEPS, num_copies: int = NUM_COPIES,
-                 severity: float = MEMO_SEVERITY, seed: int = 0, groups=MEMO_GROUPS,
+                 severity: float = MEMO_SEVERITY, seed: int = 0,
                  model_state: Optional[dict] = None, progress: bool = True) -> dict:
   """MEMO over a stream of uint8 NHWC test images, tuning only `option`'s layers.
 
-  Returns accuracy, per-image `correct` (and `predictions`, `logits`),
-  `images_per_second` and the final `params` (the pre-trained ones when episodic).
+  `group_map` is the model's MEMO group map (`memo_group_map(spec)`). Returns
+  accuracy, per-image `correct` (and `predictions`, `logits`), `images_per_second` and
+  the final `params` (the pre-trained ones when episodic).
   """
-  mask = memo_mask(params, option, groups)
+  mask = memo_mask(params, option, group_map)
   tx = memo_optimizer(mode, mask, optimizer, learning_rate, weight_decay, momentum)
-  fn = make_adapt_predict(model, tx, mask, steps, num_copies, severity, model_state)
+  fn = make_adapt_predict(model, tx, steps, num_copies, severity, model_state)
   return run_stream(fn, params, tx.init(params), images, labels, mode, seed, progress)

@@ -86,9 +86,3 @@ def get_module(name: str):
   if name not in _REGISTRY:
     raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
   return importlib.import_module(_REGISTRY[name])
-
-
-# Back-compat names for code written against the single-model layout.
-from surgery.models.resnet26 import GROUPS as RESNET26_GROUPS  # noqa: E402
-from surgery.models.resnet26 import METHODS as RESNET26_METHODS  # noqa: E402
-from surgery.models.resnet26 import ResNet26  # noqa: E402
