@@ -1,7 +1,7 @@
 """Surgical fine-tuning in JAX: tune one contiguous block of a pre-trained network.
 
     spec = surgery.models.create('resnet26')
-    mask = surgery.trainable_mask(params, spec.groups, spec.methods['block1'])
+    mask = surgery.trainable_mask(params, spec.groups, spec.methods[method])
     tx = surgery.surgical(surgery.base_optimizer('adam', 1e-3, 1e-4), mask)
     step = surgery.make_train_step(spec.module, tx)
 """

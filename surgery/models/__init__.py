@@ -8,8 +8,8 @@ the model surgically without knowing which model it is:
                      train=False)` takes float NHWC images in [0, 1] and returns logits
                      (input normalisation is inside the model)
   spec.groups        ordered (group name, regex) pairs over parameter paths
-  spec.methods       paper-facing method name -> group spec ('block1' may mean
-                     'first_layer,block1')
+  spec.methods       paper-facing method name -> group spec (one method may tune
+                     several groups, as the authors' code does)
   spec.head_methods  methods swept over the head's learning-rate grid (`last_lrs`)
   spec.image_size, spec.num_classes
   spec.load(path)    the variables dict ({'params': ...} plus 'batch_stats' where the
