@@ -124,7 +124,7 @@ def test_rows_from_before_fingerprints_resume_when_config_json_agrees(tiny):
     ('corruptions', ('gaussian_noise@100',), 'corruptions: MEMO uses no labelled target'),
     ('online.optimizer', 'lamb', 'online.optimizer must be empty (the default) or one of adam'),
     ('episodic.learning_rate', -0.1, 'episodic.learning_rate must be >= 0'),
-    ('model.name', 'resnet9000', "unknown model 'resnet9000'; valid: resnet26"),
+    ('model.name', 'resnet9000', "unknown model 'resnet9000'; valid: "),
     ('model.depth', 9, 'model.depth must be 6n+2'),
     ('init_checkpoint', '/nonexistent.pth', 'init_checkpoint: /nonexistent.pth does not exist'),
     ('init_checkpoint', '', 'init_checkpoint: MEMO adapts a source model'),
