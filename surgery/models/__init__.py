@@ -31,6 +31,10 @@ from surgery.errors import SurgeryError
 # only when it is picked.
 _REGISTRY = {
     'resnet26': 'surgery.models.resnet26',
+    'resnet50': 'surgery.models.resnet50',
+    'wrn28_10': 'surgery.models.wrn28_10',
+    'clip_vit_b16': 'surgery.models.clip_vit',
+    'clip_vit_l14': 'surgery.models.clip_vit',
 }
 
 
@@ -75,6 +79,8 @@ def create(name: str, **overrides) -> ModelSpec:
   if name not in _REGISTRY:
     raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
   module = importlib.import_module(_REGISTRY[name])
+  if hasattr(module, 'VARIANTS'):  # one module, several registered names
+    overrides = {'variant': name, **overrides}
   try:
     return module.create(**overrides)
   except TypeError as e:  # an override the model does not have
