@@ -48,6 +48,11 @@ def _jax_runner(spec, method, variables, images, labels, lr=1e-4, wd=1e-4):
       jax.tree_util.tree_map(jnp.array, params), tx, jax.tree_util.tree_map(jnp.array, model_state)))
   x, y = surgery.shard_batch(mesh, images, labels)
   box = {'state': state}
+  memory = step.lower(state, x, y).compile().memory_analysis()
+  peak = None
+  if memory is not None:  # arguments + outputs + temporaries, less what is aliased
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
 
   def run(n):
     s = box['state']
@@ -56,7 +61,7 @@ def _jax_runner(spec, method, variables, images, labels, lr=1e-4, wd=1e-4):
     jax.block_until_ready(metrics['loss'])
     box['state'] = s
 
-  return run, surgery.state_bytes(state.opt_state)
+  return run, surgery.state_bytes(state.opt_state), peak
 
 
 def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
@@ -64,13 +69,13 @@ def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
   from experiments.torch_reference import from_spec, to_input, tuned_parameters
   torch.manual_seed(0)
   net = from_spec(spec)
-  tuned = tuned_parameters(net, _mask(spec, method, params))
+  tuned = tuned_parameters(net, _mask(spec, method, params), spec)
   ids = {id(p) for p in tuned}
   for p in net.parameters():
     p.requires_grad_(id(p) in ids)
   groups = [{'params': [p], 'lr': lr} for p in tuned]
   opt = torch.optim.Adam(groups, lr=lr, weight_decay=wd)
-  x = to_input(images)
+  x = to_input(images, spec)
   y = torch.from_numpy(labels.astype(np.int64))
 
   def run(n):
@@ -96,7 +101,7 @@ def main(argv=None):
   ap.add_argument('--model', default='resnet26', help=f'one of: {", ".join(models.names())}')
   ap.add_argument('--steps', type=int, default=10, help='steps per timed round')
   ap.add_argument('--rounds', type=int, default=5)
-  ap.add_argument('--batch', type=int, default=64)
+  ap.add_argument('--batch', type=int, default=0, help='default: 64 at 32x32, 32 above')
   ap.add_argument('--methods', default='', help="comma-separated; default: the model's "
                   'methods and auto_rgn')
   ap.add_argument('--no_torch', action='store_true')
@@ -122,6 +127,7 @@ def main(argv=None):
 
   rng = np.random.RandomState(0)
   size = spec.image_size
+  args.batch = args.batch or (64 if size <= 32 else 32)
   images = rng.randint(0, 256, (args.batch, size, size, 3)).astype(np.uint8)
   labels = rng.randint(0, spec.num_classes, args.batch)
   variables = spec.init()
@@ -132,21 +138,23 @@ def main(argv=None):
     if torch_version:
       runners['torch'] = _torch_runner(spec, method, variables['params'], images, labels)
     times = {k: [] for k in runners}
-    for run, _ in runners.values():
+    for run, *_ in runners.values():
       run(2)  # compile / warm up
     for _ in range(args.rounds):
-      for k, (run, _) in runners.items():
+      for k, (run, *_) in runners.items():
         t = time.perf_counter()
         run(args.steps)
         times[k].append((time.perf_counter() - t) / args.steps)
     row = {'jax_ms': 1e3 * statistics.median(times['jax']),
-           'jax_opt_state_bytes': runners['jax'][1]}
+           'jax_opt_state_bytes': runners['jax'][1], 'jax_peak_bytes': runners['jax'][2]}
     if torch_version:
       row['torch_ms'] = 1e3 * statistics.median(times['torch'])
       row['torch_opt_state_bytes'] = runners['torch'][1]
       row['jax_over_torch'] = row['jax_ms'] / row['torch_ms']
     rows[method] = row
+    peak = row['jax_peak_bytes']
     print(f'{method:12s} jax {row["jax_ms"]:8.1f} ms  state {row["jax_opt_state_bytes"]:>9d} B'
+          + (f'  peak {peak / 2**20:7.1f} MiB' if peak is not None else '')
           + (f'  | torch {row["torch_ms"]:8.1f} ms  jax/torch {row["jax_over_torch"]:.2f}'
              if torch_version else ''), flush=True)
 

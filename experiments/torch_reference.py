@@ -1,5 +1,5 @@
-"""A PyTorch ResNet-26 (the TTT/MEMO architecture) used only as a reference in tests
-and benchmarks. Feed it contiguous NCHW tensors: torch 2.13's CPU GroupNorm backward
+"""PyTorch twins of the models, used only as references in tests and benchmarks: our
+ResNet-26 (the TTT/MEMO architecture) and torchvision's ResNet-50. Feed it contiguous NCHW tensors: torch 2.13's CPU GroupNorm backward
 segfaults on channels-last inputs that need no gradient.
 
 Its parameters map one to one onto the Flax model's through the MEMO checkpoint
@@ -66,32 +66,68 @@ def load_state_dict_numpy(model, state_dict):
   return model
 
 
-def to_input(images):
+def to_input(images, spec=None):
   """uint8 NHWC images -> the normalised, contiguous NCHW float tensor the net takes
-  (mean and std 0.5, as the Flax model normalises inside)."""
+  (the Flax model normalises inside, with its module's mean and std; 0.5 for ResNet-26)."""
   import numpy as np
-  x = (np.asarray(images) / 255.0 - 0.5) / 0.5
+  mean = np.asarray(getattr(spec.module, 'mean', 0.5) if spec is not None else 0.5, np.float32)
+  std = np.asarray(getattr(spec.module, 'std', 0.5) if spec is not None else 0.5, np.float32)
+  x = (np.asarray(images) / 255.0 - mean) / std
   return torch.from_numpy(np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2)))
 
 
+def _torchvision():
+  """torchvision beside a CPU torch: PyPI's wheel is built for the CUDA torch, and its
+  pure-Python models only need the two op schemas its meta registrations refer to."""
+  import importlib
+  import sys
+  try:
+    return importlib.import_module('torchvision')
+  except RuntimeError:
+    lib = torch.library.Library('torchvision', 'DEF')
+    for op in ('nms', 'qnms'):
+      lib.define(f'{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+    _KEEP.append(lib)
+    for name in [m for m in sys.modules if m.split('.')[0] == 'torchvision']:
+      del sys.modules[name]
+    return importlib.import_module('torchvision')
+
+
+_KEEP = []
+
+
 def from_spec(spec):
-  """The torch twin of a `surgery.models` spec, or None where there is none (only the
-  GroupNorm ResNet-26 has one)."""
+  """The torch twin of a `surgery.models` spec (BatchNorm in eval mode, as the authors
+  fine-tune), or None where there is none."""
   overrides = dict(spec.overrides)
-  if spec.name != 'resnet26' or overrides.get('norm', 'group') != 'group':
-    return None
-  return TorchResNet26(num_classes=spec.num_classes, width=overrides.get('width', 1),
-                       depth=overrides.get('depth', 26))
+  if spec.name == 'resnet26' and overrides.get('norm', 'group') == 'group':
+    return TorchResNet26(num_classes=spec.num_classes, width=overrides.get('width', 1),
+                         depth=overrides.get('depth', 26))
+  if spec.name == 'resnet50' and overrides.get('width', 64) == 64 and tuple(
+      overrides.get('stage_sizes', (3, 4, 6, 3))) == (3, 4, 6, 3):
+    try:
+      tv = _torchvision()
+    except ImportError:
+      return None
+    return tv.models.resnet50(weights=None, num_classes=spec.num_classes).eval()
+  return None
 
 
-def tuned_parameters(net, mask):
+def _torch_name(spec, path):
+  if spec is not None and spec.name != 'resnet26':
+    from surgery import models
+    return models.get_module(spec.name).torch_key('params/' + path)[0]
+  return torch_name(path)
+
+
+def tuned_parameters(net, mask, spec=None):
   """The parameters of `net` whose Flax twins `mask` (a Flax params-shaped pytree of
   bools) tunes, in `net.parameters()` order.
 
   Raises:
     ValueError: a tuned Flax parameter has no torch twin (the models disagree).
   """
-  tuned = {torch_name(path_str(p)) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+  tuned = {_torch_name(spec, path_str(p)) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
   named = dict(net.named_parameters())
   missing = sorted(tuned - set(named))
   if missing:
