@@ -104,10 +104,12 @@ def main(argv=None):
   ap.add_argument('--batch', type=int, default=0, help='default: 64 at 32x32, 32 above')
   ap.add_argument('--methods', default='', help="comma-separated; default: the model's "
                   'methods and auto_rgn')
+  ap.add_argument('--num_classes', type=int, default=0,
+                  help="the head's classes (default: the model's own, e.g. 1000 for resnet50)")
   ap.add_argument('--no_torch', action='store_true')
   args = ap.parse_args(argv)
   try:
-    spec = models.create(args.model)
+    spec = models.create(args.model, **({'num_classes': args.num_classes} if args.num_classes else {}))
   except SurgeryError as e:
     raise SystemExit(f'error: {e}') from None
   valid = method_names(spec)
