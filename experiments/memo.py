@@ -26,7 +26,7 @@ from surgery.errors import SurgeryError
 from surgery.memo import adapt
 from surgery.optim import BASE_OPTIMIZERS
 from experiments import results as results_lib
-from experiments.plan import as_list, model_spec, result_fields
+from experiments.plan import as_list, check_resume, model_spec, result_fields
 
 # Run axes: they choose which rows exist (each row's key holds its shift, method and
 # seed), never what a row holds, so a rerun may change them; the fingerprint leaves
@@ -144,32 +144,6 @@ def _old_result_fields(config_path):
   return memo_result_fields(ml_collections.ConfigDict(old))
 
 
-def check_resume(workdir, table, plan):
-  """Stops before any run, naming the differing fields, if results.csv holds rows made
-  under other result fields than `plan`'s (the rules of `experiments.sweep.check_resume`,
-  with MEMO's run axes left out on both sides)."""
-  stale = {f for f in table.fingerprints() if f != plan.fingerprint}
-  legacy = bool(table.rows) and not table.fingerprints()
-  if not stale and not legacy:
-    return
-  config_path = os.path.join(workdir, 'config.json')
-  old_fields = _old_result_fields(config_path) if os.path.exists(config_path) else None
-  differ = results_lib.diff_fields(old_fields, plan.result_fields) if old_fields is not None else []
-  if legacy and old_fields is None:
-    return  # rows from before fingerprints with nothing to compare them to
-  if not differ and not stale:
-    return  # rows from before fingerprints, and config.json agrees
-  if differ:
-    named = ', '.join(differ)
-  elif old_fields is None:
-    named = 'unknown fields (no config.json to compare)'
-  else:
-    named = (f'unknown fields (rows carry fingerprint {", ".join(sorted(stale))}, this config '
-             f'{plan.fingerprint})')
-  raise SurgeryError(f'{workdir} holds results made with different settings: {named} differ; '
-                     'use a new --workdir or restore those values')
-
-
 def stream_subset(labels, n, seed, num_classes):
   """A class-balanced, seeded, shuffled subset of n indices (the order of the stream)."""
   labels = np.asarray(labels)
@@ -203,7 +177,7 @@ def train_and_evaluate(config, workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   os.makedirs(workdir, exist_ok=True)
   table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
-  check_resume(workdir, table, plan)
+  check_resume(workdir, table, plan.fingerprint, plan.result_fields, _old_result_fields)
   todo = [(s, m) for s in shifts for m in methods if not table.has(s, m, 0.0, config.seed)]
   print(f'{len(shifts) * len(methods)} runs planned, {len(todo)} to go; '
         f'{config.num_images} images per shift, {config.num_copies} augmented copies, '

@@ -9,9 +9,11 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Callable, Optional
 
-from experiments.results import fingerprint
+import ml_collections
+
+from experiments.results import diff_fields, fingerprint
 from surgery import datasets, models
 from surgery.errors import SurgeryError
 from surgery.methods import registry
@@ -180,3 +182,37 @@ def _hparam_grid(config, method) -> list:
   if not values or min(values) < 0:
     raise SurgeryError(f'{field} must be numbers >= 0, got {values!r}')
   return [f'{method.hparam}={v:g}' for v in values]
+
+
+def read_result_fields(config_path: str) -> dict:
+  """The result fields of a workdir's config.json, by `result_fields`' rules."""
+  with open(config_path) as f:
+    return result_fields(ml_collections.ConfigDict(json.load(f)))
+
+
+def check_resume(workdir: str, table, fingerprint_now: str, fields_now: dict,
+                 read_old_fields: Callable[[str], dict] = read_result_fields) -> None:
+  """Stops before any run, naming the differing fields, if `table` (results.csv) holds
+  rows made under other result fields. Rows from before fingerprints are checked
+  against config.json when there is one; `read_old_fields(path)` reads its fields."""
+  stale = {f for f in table.fingerprints() if f != fingerprint_now}
+  legacy = bool(table.rows) and not table.fingerprints()
+  if not stale and not legacy:
+    return
+  config_path = os.path.join(workdir, 'config.json')
+  old_fields: Optional[dict] = (read_old_fields(config_path) if os.path.exists(config_path)
+                                else None)
+  differ = diff_fields(old_fields, fields_now) if old_fields is not None else []
+  if legacy and old_fields is None:
+    return  # rows from before fingerprints with nothing to compare them to
+  if not differ and not stale:
+    return  # rows from before fingerprints, and config.json agrees
+  if differ:
+    named = ', '.join(differ)
+  elif old_fields is None:
+    named = 'unknown fields (no config.json to compare)'
+  else:
+    named = (f'unknown fields (rows carry fingerprint {", ".join(sorted(stale))}, this config '
+             f'{fingerprint_now})')
+  raise SurgeryError(f'{workdir} holds results made with different settings: {named} differ; '
+                     'use a new --workdir or restore those values')

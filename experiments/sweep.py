@@ -19,31 +19,7 @@ from surgery.methods import registry
 from experiments import figures
 from experiments import finetune
 from experiments import results as results_lib
-from experiments.plan import make_plan
-
-
-def check_resume(workdir, table, plan, exclude=()):
-  """Stops before any run if results.csv holds rows made under other result fields
-  (`plan.result_fields`, minus the names in `exclude`)."""
-  stale = {f for f in table.fingerprints() if f != plan.fingerprint}
-  legacy = bool(table.rows) and not table.fingerprints()
-  if not stale and not legacy:
-    return
-  old_fields = {}
-  config_path = os.path.join(workdir, 'config.json')
-  if os.path.exists(config_path):
-    from experiments.plan import result_fields
-    import ml_collections
-    with open(config_path) as f:
-      old_fields = {k: v for k, v in result_fields(ml_collections.ConfigDict(json.load(f))).items()
-                    if k not in exclude}
-  differ = results_lib.diff_fields(old_fields, plan.result_fields) if old_fields else []
-  if legacy and not differ and old_fields:
-    return  # rows from before fingerprints, and config.json agrees
-  if differ or stale:
-    named = ', '.join(differ) if differ else 'unknown fields (no config.json to compare)'
-    raise SurgeryError(f'{workdir} holds results made with different settings: {named} '
-                       'differ; use a new --workdir or restore those values')
+from experiments.plan import check_resume, make_plan
 
 
 def train_and_evaluate(config, workdir):
@@ -58,7 +34,7 @@ def train_and_evaluate(config, workdir):
     summary = write_outputs(workdir, table.rows, plan)
     print(summary)
     return table.rows
-  check_resume(workdir, table, plan)
+  check_resume(workdir, table, plan.fingerprint, plan.result_fields)
   results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   todo = [r for r in plan.runs if not table.has(r.shift, r.method, r.lr, r.seed, r.hparam)]
   print(f'{len(plan.runs)} runs planned ({len(plan.shifts)} shift(s) x methods x lrs x '
