@@ -76,7 +76,7 @@ def to_input(images, spec=None):
   return torch.from_numpy(np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2)))
 
 
-def _torchvision():
+def import_torchvision():
   """torchvision beside a CPU torch: PyPI's wheel is built for the CUDA torch, and its
   pure-Python models only need the two op schemas its meta registrations refer to."""
   import importlib
@@ -106,7 +106,7 @@ def from_spec(spec):
   if spec.name == 'resnet50' and overrides.get('width', 64) == 64 and tuple(
       overrides.get('stage_sizes', (3, 4, 6, 3))) == (3, 4, 6, 3):
     try:
-      tv = _torchvision()
+      tv = import_torchvision()
     except ImportError:
       return None
     return tv.models.resnet50(weights=None, num_classes=spec.num_classes).eval()
