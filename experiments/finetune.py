@@ -126,8 +126,9 @@ class Finetuner:
                       'train_loss_mean': float(np.mean(losses)),
                       'train_acc_mean': float(np.mean(accs)),
                       **{f'val_{k}': v for k, v in val_metrics.items()}})
-      if method.wrap is not None and method.name == 'auto_rgn':
-        rgn_weights.append(jax.device_get(_rgn_state(state.opt_state).weights))
+      rgn = _rgn_state(state.opt_state)
+      if rgn is not None:  # any method built on Auto-RGN: its weights for Fig. 6
+        rgn_weights.append(jax.device_get(rgn.weights))
       if val_metrics[self.metric] > best_val:
         best_val, best_epoch, best_metrics = val_metrics[self.metric], epoch, val_metrics
         best = jax.device_get((state.params, state.model_state))
@@ -146,10 +147,9 @@ def _check_finite(step_metrics, names, first_step):
 
 
 def _rgn_state(opt_state):
-  for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: isinstance(s, surgery.AutoRGNState)):
-    if isinstance(s, surgery.AutoRGNState):
-      return s
-  raise ValueError('no Auto-RGN state in the optimizer state')
+  """The AutoRGNState inside an optimizer state, or None."""
+  is_rgn = lambda s: isinstance(s, surgery.AutoRGNState)  # noqa: E731
+  return next((s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_rgn) if is_rgn(s)), None)
 
 
 def source_variables(config, workdir, spec):
