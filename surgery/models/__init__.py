@@ -64,6 +64,16 @@ class ModelSpec:
     return group_names(self.groups)
 
 
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype of a `model.dtype` option ('float32' or 'bfloat16')."""
+  if name not in _DTYPES:
+    raise SurgeryError(f'model.dtype must be one of {", ".join(_DTYPES)}, got {name!r}')
+  return _DTYPES[name]
+
+
 def names() -> list:
   """Registered model names."""
   return sorted(_REGISTRY)

@@ -55,10 +55,11 @@ METHODS = {
 _EXPANSION = 4  # a bottleneck's output is 4x its inner width
 
 
-def _conv(features: int, kernel: int, stride: int = 1, name: str = None) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int = 1, name: str = None,
+          dtype: Any = jnp.float32) -> nn.Conv:
   pad = kernel // 2  # torchvision's padding for its 1x1, 3x3 and 7x7 convs
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, name=name)
+                 padding=((pad, pad), (pad, pad)), use_bias=False, name=name, dtype=dtype)
 
 
 class Downsample(nn.Module):
@@ -67,25 +68,28 @@ class Downsample(nn.Module):
   features: int
   stride: int
   norm: Any
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return self.norm(name='1')(_conv(self.features, 1, self.stride, name='0')(x))
+    return self.norm(name='1')(_conv(self.features, 1, self.stride, name='0', dtype=self.dtype)(x))
 
 
 class Bottleneck(nn.Module):
   width: int  # inner width; the block outputs width * 4 channels
   stride: int
   norm: Any
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     out_features = self.width * _EXPANSION
-    h = nn.relu(self.norm(name='bn1')(_conv(self.width, 1, name='conv1')(x)))
-    h = nn.relu(self.norm(name='bn2')(_conv(self.width, 3, self.stride, name='conv2')(h)))
-    h = self.norm(name='bn3')(_conv(out_features, 1, name='conv3')(h))
+    conv = partial(_conv, dtype=self.dtype)
+    h = nn.relu(self.norm(name='bn1')(conv(self.width, 1, name='conv1')(x)))
+    h = nn.relu(self.norm(name='bn2')(conv(self.width, 3, self.stride, name='conv2')(h)))
+    h = self.norm(name='bn3')(conv(out_features, 1, name='conv3')(h))
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = Downsample(out_features, self.stride, self.norm, name='downsample')(x)
+      x = Downsample(out_features, self.stride, self.norm, self.dtype, name='downsample')(x)
     return nn.relu(x + h)
 
 
@@ -95,11 +99,13 @@ class Stage(nn.Module):
   stride: int
   num_blocks: int
   norm: Any
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_blocks):
-      x = Bottleneck(self.width, self.stride if i == 0 else 1, self.norm, name=str(i))(x)
+      x = Bottleneck(self.width, self.stride if i == 0 else 1, self.norm, self.dtype,
+                     name=str(i))(x)
     return x
 
 
@@ -112,19 +118,23 @@ class ResNet50(nn.Module):
   bn_train_layers: Optional[Sequence[str]] = ()
   mean: Sequence[float] = IMAGENET_MEAN
   std: Sequence[float] = IMAGENET_STD
+  # Compute dtype (bfloat16 for mixed precision on GPU/TPU); parameters, BatchNorm
+  # statistics and logits stay float32.
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     # torch's BatchNorm2d momentum 0.1 weighs the new batch; Flax's weighs the old.
     norm = partial(SelectiveBatchNorm, train=train, train_layers=self.bn_train_layers,
-                   momentum=0.9, epsilon=1e-5)
+                   momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
-    x = nn.relu(norm(name='bn1')(_conv(self.width, 7, 2, name='conv1')(x)))
+    x = nn.relu(norm(name='bn1')(_conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)))
     # Padding with -inf (reduce_window's init value), as torch's MaxPool2d does.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, blocks in enumerate(self.stage_sizes):
-      x = Stage(self.width * 2 ** i, 1 if i == 0 else 2, blocks, norm, name=f'layer{i + 1}')(x)
-    x = jnp.mean(x, axis=(1, 2))
+      x = Stage(self.width * 2 ** i, 1 if i == 0 else 2, blocks, norm, self.dtype,
+                name=f'layer{i + 1}')(x)
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return _classifier(self.num_classes)(x)
 
 
@@ -143,7 +153,7 @@ class _HeadOnly(nn.Module):
 
 
 def create(num_classes: int = 1000, width: int = 64, stage_sizes: Sequence[int] = (3, 4, 6, 3),
-           new_head: bool = False, **unused) -> 'ModelSpec':
+           new_head: bool = False, dtype: str = 'float32', **unused) -> 'ModelSpec':
   """The model contract's spec (see surgery.models).
 
   Args:
@@ -152,22 +162,26 @@ def create(num_classes: int = 1000, width: int = 64, stage_sizes: Sequence[int] 
     stage_sizes: blocks per stage (four stages, as the group map expects).
     new_head: `spec.load` keeps a freshly initialised `fc` instead of reading the
       checkpoint's (a new classifier, e.g. for another number of classes).
+    dtype: compute dtype, 'float32' or 'bfloat16' (mixed precision: float32
+      parameters, statistics and logits).
   """
   from surgery.models import ModelSpec
   if unused:
     raise SurgeryError(f'resnet50 has no option(s) {sorted(unused)}; valid: num_classes, '
-                       'width, stage_sizes, new_head')
+                       'width, stage_sizes, new_head, dtype')
+  from surgery.models import compute_dtype
   stage_sizes = tuple(int(s) for s in stage_sizes)
   if len(stage_sizes) != 4 or min(stage_sizes) < 1:
     raise SurgeryError(f'model.stage_sizes must be four block counts >= 1, got {stage_sizes}')
   if width < 1 or num_classes < 2:
     raise SurgeryError(f'model.width must be >= 1 and num_classes >= 2, got {width}, {num_classes}')
-  module = ResNet50(num_classes=num_classes, width=width, stage_sizes=stage_sizes)
+  module = ResNet50(num_classes=num_classes, width=width, stage_sizes=stage_sizes,
+                    dtype=compute_dtype(dtype))
   spec = ModelSpec(
       name='resnet50', module=module, groups=GROUPS, methods=METHODS, image_size=224,
       num_classes=num_classes, load=None, head_methods=('last',),
       overrides=dict(num_classes=num_classes, width=width, stage_sizes=stage_sizes,
-                     new_head=bool(new_head)))
+                     new_head=bool(new_head), dtype=str(dtype)))
   return dataclasses.replace(spec, load=lambda path: load(path, spec))
 
 
