@@ -46,8 +46,12 @@ def get_config(arg=None):
   c.param_noise = ml_collections.ConfigDict(dict(scale=0.5, group_scales='', seed=0))
   # bn_mode (BatchNorm models): 'eval' keeps every BN layer in eval mode while tuning,
   # as the authors do; 'train' puts the tuned ones in train mode. Frozen: always eval.
-  c.model = ml_collections.ConfigDict(dict(name='resnet26', width=1, depth=26, norm='group',
-                                           bn_mode='eval'))
+  # Each model's options sit in its own section; `--config.model.name=wrn28_10
+  # --config.init_checkpoint=Standard.pt` starts from RobustBench's WideResNet-28-10.
+  c.model = ml_collections.ConfigDict(dict(
+      name='resnet26', bn_mode='eval',
+      resnet26=dict(width=1, depth=26, norm='group'),
+      wrn28_10=dict(depth=28, widen=10, new_head=False)))
   # The authors' Auto-RGN: refresh once per epoch from 5 batches, norm layers left out
   # (reset_inner=True also rebuilds Adam at every refresh, as their code does).
   c.auto_rgn = ml_collections.ConfigDict(dict(refresh='epoch', window=5, exclude_norm=True,

@@ -101,7 +101,13 @@ def result_fields(config) -> dict:
       elif name not in NOT_RESULT_FIELDS:
         flat[name] = v
 
-  walk('', json.loads(config.to_json()))
+  fields = json.loads(config.to_json())
+  if isinstance(fields.get('model'), dict):
+    # Only the chosen model's options, at `model.<option>` however the config nests them.
+    name, options = model_options(fields['model'])
+    fields['model'] = {**{k: v for k, v in fields['model'].items() if k in _MODEL_FIELDS},
+                       **options}
+  walk('', fields)
   return flat
 
 
@@ -124,9 +130,30 @@ def _check_training_fields(config):
     raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
 
 
+_MODEL_FIELDS = ('name', 'bn_mode')  # of the runner; every other key is the model's
+
+
+def model_options(model_config) -> tuple:
+  """(model name, its create() options) from a config's `model` section.
+
+  Options sit either directly in the section (`model.depth`) or in a sub-section named
+  after a model (`model.wrn28_10.new_head`), so that one config can hold options for
+  several models and `--config.model.name` switches between them; sections of other
+  models are ignored. The same option in both places is an error.
+  """
+  name = model_config.get('name', 'resnet26')
+  sections = set(models.names())
+  flat = {k: v for k, v in model_config.items() if k not in _MODEL_FIELDS and k not in sections}
+  section = dict(model_config.get(name) or {})
+  both = sorted(set(flat) & set(section))
+  if both:
+    raise SurgeryError(f'model.{both[0]} and model.{name}.{both[0]} are both set; keep one')
+  return name, {**section, **flat}
+
+
 def model_spec(config):
-  overrides = {k: v for k, v in config.model.items() if k not in ('name', 'bn_mode')}
-  return models.create(config.model.get('name', 'resnet26'), **overrides)
+  name, options = model_options(config.model)
+  return models.create(name, **options)
 
 
 def make_plan(config) -> Plan:

@@ -34,7 +34,7 @@ def _write_folder(root, split, per_class, seed):
       Image.fromarray(img).save(d / f'{i:04d}.png')
 
 
-TINY = dict(model__depth=8, corruptions=('gaussian_noise',),
+TINY = dict(model__resnet26__depth=8, corruptions=('gaussian_noise',),
             methods=('no_adaptation', 'all', 'last', 'auto_rgn'), lrs=(1e-3,),
             last_lrs=(1e-2, 1e-3), epochs=2, batch_size=16, eval_batch_size=16,
             tune_per_class=3, val_per_class=2, auto_rgn__window=1)
@@ -55,8 +55,11 @@ def tiny(tmp_path, monkeypatch):
   config = cifar10c.get_config()
   config.data_dir = str(tmp_path / 'data')
   for k, v in TINY.items():
-    section, _, field = k.rpartition('__')
-    (config[section] if section else config)[field] = v
+    *sections, field = k.split('__')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = v
   # Stage 1 from a saved orbax model, so the tests do not pre-train.
   spec = models.create('resnet26', depth=8)
   config.init_checkpoint = save_params(str(tmp_path / 'source'), spec.init()['params'])
@@ -127,6 +130,7 @@ def test_sweep_writes_outputs_and_resumes(tiny, monkeypatch):
     ('auto_snr.variant', 'released', 'auto_snr.variant must be one of paper, channel_variance'),
     ('model.bn_mode', 'frozen', 'model.bn_mode must be one of eval, train'),
     ('model.name', 'resnet9000', "unknown model 'resnet9000'; valid: "),
+    ('model.depth', 8, 'model.depth and model.resnet26.depth are both set'),
     ('select_metric', 'worst_group_acc', 'select_metric must be one of acc'),
     ('lrs', (0.1, -1.0), 'lrs must be positive numbers'),
 ])
@@ -138,6 +142,19 @@ def test_user_errors(tiny, field, value, message):
     runner.train_and_evaluate(config, str(tmp / 'work'))
   assert message in str(err.value) and '\n' not in str(err.value)
   assert not os.path.exists(tmp / 'work' / 'results.csv')
+
+
+def test_model_name_switches_to_that_models_own_options(tiny):
+  config, _ = tiny
+  config.model.name = 'wrn28_10'
+  config.model.wrn28_10.depth = 10
+  config.model.wrn28_10.widen = 1
+  plan = make_plan(config)
+  assert plan.model.name == 'wrn28_10'
+  assert dict(plan.model.overrides) == dict(depth=10, widen=1, num_classes=10, new_head=False)
+  config.model.wrn28_10.width = 3  # a ResNet-26 option, not WideResNet's
+  with pytest.raises(SurgeryError, match="wrn28_10 has no option"):
+    make_plan(config)
 
 
 def _cli(*flags, cwd=REPO):
@@ -216,7 +233,7 @@ def test_a_non_finite_update_stops_the_run_naming_step_and_tensor(tiny):
 
 def test_batchnorm_tuned_layers_train_under_bn_mode_train(tiny, monkeypatch):
   config, tmp = tiny
-  config.model.norm = 'batch'
+  config.model.resnet26.norm = 'batch'
   config.model.bn_mode = 'train'
   spec = models.create('resnet26', depth=8, norm='batch')
   variables = spec.init()
