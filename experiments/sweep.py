@@ -12,7 +12,6 @@ import jax
 from tqdm import tqdm
 
 import surgery
-from surgery.data.sources import to_arrays
 from surgery.errors import SurgeryError
 from surgery.groups import path_str
 from surgery.methods import registry
@@ -56,11 +55,9 @@ def train_and_evaluate(config, workdir):
       shift_runs = [r for r in todo if r.shift == shift]
       if not shift_runs:
         continue
-      target = to_arrays(plan.dataset.target(shift))
       start_params = plan.dataset.perturb(shift, params, plan.model.groups)
       for seed in plan.seeds:
-        split = plan.dataset.split(shift, target['label'], seed)
-        data = [_subset(target, idx) for idx in split]
+        data = plan.dataset.target_sets(shift, seed)
         for run in [r for r in shift_runs if r.seed == seed]:
           bar.set_description(f'{shift} {run.method} lr={run.lr:g} {run.hparam} seed={seed}')
           row = _one_run(runner, plan, start_params, model_state, run, data, workdir)
@@ -73,13 +70,6 @@ def train_and_evaluate(config, workdir):
   summary = write_outputs(workdir, table.rows, plan)
   print(summary)
   return table.rows
-
-
-def _subset(arrays, idx):
-  out = [arrays['image'][idx], arrays['label'][idx]]
-  if 'group' in arrays:
-    out.append(arrays['group'][idx])
-  return tuple(out)
 
 
 def _one_run(runner, plan, params, model_state, run, data, workdir):

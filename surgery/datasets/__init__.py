@@ -8,9 +8,14 @@ A dataset declares:
                            where examples carry groups; 'acc_<domain>' per domain)
   ds.shift_names(config)   the target shifts a config asks for, validated
   ds.source(split)         the source (pre-training) distribution, random access
-  ds.target(shift)         the target pool: a random-access source (index -> dict with
-                           uint8 HWC 'image', 'label', and 'group'/'domain' if any)
-  ds.split(shift, target, seed)   how tune / validation / test are drawn (TargetSplit)
+  ds.target_sets(shift, seed)   (tune, val, test) for one seed, each a tuple of
+                           uint8 HWC images, int labels and int groups where examples
+                           have them
+  ds.target(shift), ds.split(shift, labels, seed)   where the target is one pool that
+                           tune / validation / test are drawn from (CIFAR-10-C), that
+                           pool as a random-access source (index -> dict with uint8
+                           HWC 'image', 'label', and 'group'/'domain' if any) and the
+                           draw (TargetSplit); `target_sets` is built from them
   ds.perturb(shift, params, groups)   the source model a shift starts from (identity
                                       except for parameter-noise shifts)
 
@@ -24,6 +29,11 @@ from surgery.errors import SurgeryError
 
 _REGISTRY = {
     'cifar10': 'surgery.datasets.cifar10',
+    'cifar10_subpop': 'surgery.datasets.subpop',
+    'living17': 'surgery.datasets.subpop',
+    'entity30': 'surgery.datasets.subpop',
+    'entity13': 'surgery.datasets.subpop',
+    'nonliving26': 'surgery.datasets.subpop',
 }
 
 

@@ -15,6 +15,7 @@ corruptions). Tune and validation sets are drawn stratified by class and seeded
 Config fields read: data_dir, corruptions, tune_sizes, severity, corruption_seed,
 tune_per_class, val_per_class, param_noise.{scale, group_scales, seed}.
 """
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 
 from surgery.corruptions import CORRUPTIONS
 from surgery.data import corrupted_test_set, load_cifar10, target_split
-from surgery.data.sources import ArraySource
+from surgery.data.sources import ArraySource, to_arrays
 from surgery.errors import SurgeryError
 from surgery.groups import assign_groups, group_names
 
@@ -105,6 +106,17 @@ class Cifar10:
     if shift.base == 'label_flip':
       labels = ((self.num_classes - 1) - labels).astype(labels.dtype)
     return ArraySource(images, labels)
+
+  def target_sets(self, shift_name: str, seed: int) -> tuple:
+    """(tune, val, test) of `seed`'s split, each (uint8 images, int labels)."""
+    target = self._target_arrays(shift_name)
+    columns = [k for k in ('image', 'label', 'group') if k in target]
+    return tuple(tuple(target[k][idx] for k in columns)
+                 for idx in self.split(shift_name, target['label'], seed))
+
+  @functools.lru_cache(maxsize=2)  # one shift's pool serves all its seeds
+  def _target_arrays(self, shift_name: str) -> dict:
+    return to_arrays(self.target(shift_name))
 
   def split(self, shift_name: str, labels, seed: int):
     shift = self.parse(shift_name, self._groups_for(shift_name))

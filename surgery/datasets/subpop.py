@@ -1,0 +1,125 @@
+"""Subpopulation shifts (paper Section 2, feature level): BREEDS Living-17 and Entity-30,
+and the same construction over CIFAR-10.
+
+Source and target hold the same superclasses made of different subclasses
+(`surgery.data.breeds` builds which, exactly as the BREEDS reference does). Labels are
+superclass positions in the BREEDS order. The protocol (paper A.4):
+
+  source      train images of the source subclasses (what stage 1 trains on)
+  tune, val   `tune_per_class` and `val_per_class` images per superclass, drawn seeded
+              and stratified from the train images of the target subclasses
+  test        the held-out split's images of the target subclasses (ImageNet val,
+              CIFAR-10 test)
+
+The target fine-tune sees the evaluation preprocessing (ImageNet: resize 256, centre
+crop 224), no augmentation: the paper names none for the target stage, and tuning on
+fixed images keeps a run a function of its seed alone, as in the CIFAR runs. Stage 1
+(the source split, thousands of images per superclass) trains with the random-resized
+crop and flip (`train_transform`).
+
+Config fields read: dataset, data_dir, breeds_split ('rand' or 'good'), breeds_seed,
+tune_per_class, val_per_class, data_workers.
+"""
+import functools
+from typing import Optional
+
+import numpy as np
+
+from surgery.data import breeds, load_cifar10, target_split
+from surgery.data.sources import ArraySource, to_arrays
+from surgery.errors import SurgeryError
+
+BREEDS_NAMES = tuple(breeds.DATASETS)
+
+
+class Subpopulation:
+  """The dataset contract (see surgery.datasets) for one BREEDS-style shift."""
+  metrics = ('acc',)
+
+  def __init__(self, name: str, hierarchy: breeds.Breeds, images, config):
+    self.name = name
+    self.hierarchy = hierarchy
+    self.images = images  # a reader: see _CifarImages and _ImageNetImages
+    self.num_classes = len(hierarchy.superclasses)
+    self.image_size = images.image_size
+    self.tune_per_class = config.get('tune_per_class', 50)
+    self.val_per_class = config.get('val_per_class', 10)
+    self.train_transform = getattr(images, 'train_transform', None)
+
+  def shift_names(self, groups=None) -> list:
+    for field in ('tune_per_class', 'val_per_class'):
+      value = getattr(self, field)
+      if not isinstance(value, int) or value < 1:
+        raise SurgeryError(f'{field} must be an integer >= 1, got {value!r}')
+    return [self.name]
+
+  def _labelled(self, side: list) -> dict:
+    """ImageNet/CIFAR class index -> superclass label, for the source or target side."""
+    return {c: label for label, classes in enumerate(side) for c in classes}
+
+  def source(self, split: str = 'train'):
+    """The source subclasses' `split` images, labelled by superclass."""
+    return self.images.pool(split, self._labelled(self.hierarchy.source))
+
+  @functools.lru_cache(maxsize=None)
+  def _test(self):
+    return to_arrays(self.images.decoded(self.images.pool(
+        self.images.test_split, self._labelled(self.hierarchy.target))))
+
+  def target_sets(self, shift: str, seed: int) -> tuple:
+    """(tune, val, test), each (uint8 images, int labels), for one seed."""
+    pool = self.images.pool('train', self._labelled(self.hierarchy.target))
+    split = target_split(pool.labels, self.tune_per_class, self.val_per_class, seed,
+                         num_classes=self.num_classes)
+    tune, val = (to_arrays(self.images.decoded(pool), idx) for idx in (split.tune, split.val))
+    test = self._test()
+    return tuple((d['image'], d['label']) for d in (tune, val, test))
+
+  def perturb(self, shift, params, groups):
+    return params
+
+
+# --------------------------------------------------------------------------- readers
+
+class _CifarImages:
+  """CIFAR-10 (an image-folder tree, the python batches or TFDS) in memory."""
+  image_size = 32
+  test_split = 'test'
+
+  def __init__(self, data_dir: Optional[str]):
+    self.data_dir = data_dir
+
+  @functools.lru_cache(maxsize=None)
+  def _split(self, split):
+    return load_cifar10(split, self.data_dir)
+
+  def pool(self, split: str, label_of: dict) -> ArraySource:
+    images, classes = self._split(split)
+    keep = np.flatnonzero(np.isin(classes, list(label_of)))
+    labels = np.array([label_of[int(c)] for c in classes[keep]], np.int32)
+    return ArraySource(images[keep], labels)
+
+  def decoded(self, pool):
+    return pool
+
+
+def _breeds_info_dir(config) -> str:
+  from surgery.data.cifar10 import data_root
+  root = data_root(config.get('data_dir') or None)
+  return config.get('breeds_info_dir') or (f'{root}/breeds' if root else breeds.default_info_dir())
+
+
+def create(config) -> Subpopulation:
+  name = config.get('dataset')
+  split = config.get('breeds_split', 'rand')
+  if split not in ('rand', 'good'):
+    raise SurgeryError(f'breeds_split must be one of rand, good, got {split!r}')
+  seed = config.get('breeds_seed', breeds.DEFAULT_SEED)
+  if name == 'cifar10_subpop':
+    return Subpopulation(name, breeds.cifar10_subpop(split, seed),
+                         _CifarImages(config.get('data_dir') or None), config)
+  if name in BREEDS_NAMES:
+    from surgery.datasets.imagenet_images import ImageNetImages
+    hierarchy = breeds.make(name, _breeds_info_dir(config), split, seed)
+    return Subpopulation(name, hierarchy, ImageNetImages(config), config)
+  raise SurgeryError(f'unknown subpopulation dataset {name!r}')
