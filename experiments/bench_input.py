@@ -13,8 +13,9 @@ each with JPEG draft decoding on and off; the figure is the median over rounds o
 images / second. Sizes default to ImageNet-typical 500x375 and 400x350 and two large
 photos (1024x768, 2048x1536), where draft matters. With --workers K it also times a grain
 pipeline of K worker processes running the eval and train transforms into batches of 64,
-in wall-clock images/s, which other load on the machine does lower (what `surgery.data.pipeline.batches` builds, spelled out here because `batches` checks
-the source's examples for decoded 'image' arrays). The last line is one JSON object.
+in wall-clock images/s, which other load on the machine does lower. That pipeline is
+what `surgery.data.pipeline.batches` builds, spelled out here because `batches` checks
+the source's examples for decoded 'image' arrays. The last line is one JSON object.
 Target: >= 150 images/s per core for eval at 224.
 """
 import argparse

@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -365,7 +365,8 @@ class TfdsImagenetSource:
             'class_index': int(self._class_index_of[tfds_label])}
 
   def __repr__(self) -> str:
-    return f'TfdsImagenetSource({len(self)} images of {len(self.wnids)} wnids in {self.version_dir})'
+    return (f'TfdsImagenetSource({len(self)} images of {len(self.wnids)} wnids in '
+            f'{self.version_dir})')
 
 
 def imagenet_source(split: str, data_dir=None, *, wnids=None, class_index=None,
