@@ -1,6 +1,7 @@
 """The dataset contract: `ds = surgery.datasets.create(name, config)`.
 
-Each dataset lives in its own module here and defines `create(config) -> Dataset`.
+Each dataset lives in its own module here and defines `create(config, name) -> Dataset`
+(one module may serve several names).
 A dataset declares:
 
   ds.num_classes, ds.image_size
@@ -49,4 +50,4 @@ def create(name: str, config):
   """Dataset `name` configured from `config` (the fields its module documents)."""
   if name not in _REGISTRY:
     raise SurgeryError(f'unknown dataset {name!r}; valid: {", ".join(names())}')
-  return importlib.import_module(_REGISTRY[name]).create(config)
+  return importlib.import_module(_REGISTRY[name]).create(config, name)

@@ -38,7 +38,7 @@ class Shift(NamedTuple):
   tune_size: Optional[int]  # None: tune_per_class per class
 
 
-def _split_names(value) -> list:
+def split_names(value) -> list:
   """Names from a tuple or a comma string; tuple items may hold commas too (the
   command line's `--config.corruptions=snow,fog` arrives as ('snow,fog',))."""
   items = value if isinstance(value, (list, tuple)) else [value or '']
@@ -63,10 +63,10 @@ class Cifar10:
   # -- which shifts -------------------------------------------------------------
   def shift_names(self, groups=None) -> list:
     """The validated shift names `config.corruptions` (x `config.tune_sizes`) asks for."""
-    names = _split_names(self.config.get('corruptions', ''))
+    names = split_names(self.config.get('corruptions', ''))
     if not names:
       raise SurgeryError('corruptions: no shift given')
-    sizes = _split_names(self.config.get('tune_sizes', ''))
+    sizes = split_names(self.config.get('tune_sizes', ''))
     if sizes:
       names = [f'{n}@{s}' for n in names for s in sizes]
     shifts = [self.parse(n, groups) for n in names]
@@ -152,7 +152,7 @@ class Cifar10:
     """`param_noise.group_scales` ('block1=1.0,last=3') for `group`, else `.scale`."""
     pc = self.param_noise
     scales = {}
-    for item in _split_names(pc.get('group_scales', '')):
+    for item in split_names(pc.get('group_scales', '')):
       name, _, value = item.partition('=')
       name = name.strip()
       if name not in names:
@@ -175,5 +175,5 @@ class Cifar10:
     return None
 
 
-def create(config) -> Cifar10:
+def create(config, name: str = 'cifar10') -> Cifar10:
   return Cifar10(config)

@@ -27,6 +27,7 @@ import numpy as np
 
 from surgery.data import breeds, load_cifar10, target_split
 from surgery.data.sources import ArraySource, to_arrays
+from surgery.datasets.cifar10 import split_names
 from surgery.errors import SurgeryError
 
 BREEDS_NAMES = tuple(breeds.DATASETS)
@@ -45,34 +46,46 @@ class Subpopulation:
     self.tune_per_class = config.get('tune_per_class', 50)
     self.val_per_class = config.get('val_per_class', 10)
     self.train_transform = getattr(images, 'train_transform', None)
+    self.config = config
 
   def shift_names(self, groups=None) -> list:
+    """[name] (the target subclasses), or what `config.corruptions` names: the name
+    and/or 'source' (the source subclasses' held-out images, in-distribution)."""
     for field in ('tune_per_class', 'val_per_class'):
       value = getattr(self, field)
       if not isinstance(value, int) or value < 1:
         raise SurgeryError(f'{field} must be an integer >= 1, got {value!r}')
-    return [self.name]
+    names = split_names(self.config.get('corruptions', ())) or [self.name]
+    for n in names:
+      if n not in (self.name, 'source'):
+        raise SurgeryError(f'corruptions: {self.name} has the shifts {self.name!r} (target '
+                           f"subclasses) and 'source'; got {n!r}")
+    return names
 
-  def _labelled(self, side: list) -> dict:
-    """ImageNet/CIFAR class index -> superclass label, for the source or target side."""
+  def _side(self, shift: str) -> dict:
+    """Class index -> superclass label for the subclasses of `shift`."""
+    side = self.hierarchy.source if shift == 'source' else self.hierarchy.target
     return {c: label for label, classes in enumerate(side) for c in classes}
 
   def source(self, split: str = 'train'):
-    """The source subclasses' `split` images, labelled by superclass."""
-    return self.images.pool(split, self._labelled(self.hierarchy.source))
+    """The source subclasses' `split` images, labelled by superclass (stage 1)."""
+    return self.images.pool(split, self._side('source'))
 
-  @functools.lru_cache(maxsize=None)
-  def _test(self):
-    return to_arrays(self.images.decoded(self.images.pool(
-        self.images.test_split, self._labelled(self.hierarchy.target))))
+  def target(self, shift: str):
+    """The test images of `shift`'s subclasses, decoded (a random-access source)."""
+    return self.images.decoded(self.images.pool(self.images.test_split, self._side(shift)))
+
+  @functools.lru_cache(maxsize=2)
+  def _test(self, shift: str):
+    return to_arrays(self.target(shift))
 
   def target_sets(self, shift: str, seed: int) -> tuple:
     """(tune, val, test), each (uint8 images, int labels), for one seed."""
-    pool = self.images.pool('train', self._labelled(self.hierarchy.target))
+    pool = self.images.pool('train', self._side(shift))
     split = target_split(pool.labels, self.tune_per_class, self.val_per_class, seed,
                          num_classes=self.num_classes)
     tune, val = (to_arrays(self.images.decoded(pool), idx) for idx in (split.tune, split.val))
-    test = self._test()
+    test = self._test(shift)
     return tuple((d['image'], d['label']) for d in (tune, val, test))
 
   def perturb(self, shift, params, groups):
@@ -109,8 +122,7 @@ def _breeds_info_dir(config) -> str:
   return config.get('breeds_info_dir') or (f'{root}/breeds' if root else breeds.default_info_dir())
 
 
-def create(config) -> Subpopulation:
-  name = config.get('dataset')
+def create(config, name: str) -> Subpopulation:
   split = config.get('breeds_split', 'rand')
   if split not in ('rand', 'good'):
     raise SurgeryError(f'breeds_split must be one of rand, good, got {split!r}')
