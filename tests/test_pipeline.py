@@ -263,3 +263,31 @@ def test_pipeline_never_imports_tensorflow():
   result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _draw(example, rng):
+  # Records which random number each example got, keyed by the example it came from.
+  return {**example, 'draw': rng.integers(0, 2**31)}
+
+
+def _draws(it):
+  out = []
+  for batch in it:
+    real = batch['weight'] > 0
+    out += list(zip(batch['label'][real].tolist(), batch['draw'][real].tolist()))
+  return out
+
+
+def test_random_transform_draws_depend_on_seed_epoch_and_position_only():
+  source = ArraySource(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10))
+  one = _draws(batches(source, 4, seed=3, num_epochs=2, random_transform=_draw))
+  assert one == _draws(batches(source, 4, seed=3, num_epochs=2, random_transform=_draw))
+  first, second = one[:10], one[10:]
+  assert {d for _, d in first}.isdisjoint({d for _, d in second}), 'epochs repeat draws'
+  hosts = [_draws(batches(source, 2, seed=3, num_epochs=2, random_transform=_draw,
+                          shard_index=h, shard_count=2)) for h in range(2)]
+  assert sorted(hosts[0] + hosts[1]) == sorted(one)  # same draw per example, any host
+  other = _draws(batches(source, 4, seed=4, num_epochs=1, random_transform=_draw))
+  assert {d for _, d in other}.isdisjoint({d for _, d in first})
+  with pytest.raises(SurgeryError, match='not both'):
+    batches(source, 4, seed=0, transform=lambda e: e, random_transform=_draw)

@@ -22,7 +22,7 @@ import numpy as np
 
 from surgery.errors import SurgeryError
 
-_INT_KEYS = ('label', 'group', 'domain')
+_INT_KEYS = ('label', 'group', 'domain', 'class_index')
 
 
 class _EvenShard(grain.MapDataset):
@@ -63,8 +63,8 @@ def _finish(element, transform: Optional[Callable[[dict], dict]]) -> dict:
   example, is_real = element
   if transform is not None:
     example = transform(example)
-    if not isinstance(example, dict):
-      raise SurgeryError(f'transform must return a dict, got {type(example).__name__}')
+  if not isinstance(example, dict):
+    raise SurgeryError(f'transform must return a dict, got {type(example).__name__}')
   out = {key: np.asarray(value) for key, value in example.items()}
   out.update({key: np.int32(example[key]) for key in _INT_KEYS if key in example})
   out['weight'] = np.float32(is_real)
@@ -203,8 +203,10 @@ class BatchIterator(grain.DatasetIterator):
 def batches(source, batch_size: int, *, seed: int, shuffle: bool = True,
             num_epochs: Optional[int] = 1, drop_remainder: bool = False,
             shard_index: Optional[int] = None, shard_count: Optional[int] = None,
-            transform: Optional[Callable[[dict], dict]] = None, worker_count: int = 0,
-            pad_to_batch: bool = True, prefetch: int = 2) -> BatchIterator:
+            transform: Optional[Callable[[dict], dict]] = None,
+            random_transform: Optional[Callable[[dict, np.random.Generator], dict]] = None,
+            worker_count: int = 0, pad_to_batch: bool = True,
+            prefetch: int = 2) -> BatchIterator:
   """Batches of this host's shard of `source`, epoch after epoch, as a resumable iterator.
 
   Args:
@@ -219,6 +221,10 @@ def batches(source, batch_size: int, *, seed: int, shuffle: bool = True,
       `jax.process_count()`.
     transform: example dict -> example dict (decode, crop, ...), applied before batching;
       its images must have one shape.
+    random_transform: (example dict, np.random.Generator) -> example dict, for random
+      augmentation (`surgery.data.transforms.TrainTransform`); instead of `transform`.
+      The generator is seeded from `seed`, the epoch and the position in the epoch's
+      order, so a run's crops do not depend on workers, hosts or where it resumed.
     worker_count: grain worker processes (0 reads in this process); the source and
       transform must then be picklable.
     pad_to_batch: fill each epoch's last batch up to `batch_size` with copies of real
@@ -233,12 +239,20 @@ def batches(source, batch_size: int, *, seed: int, shuffle: bool = True,
   batch_size, seed, num_epochs, worker_count, prefetch = _checked_arguments(
       source, batch_size, seed, num_epochs, worker_count, prefetch)
   shard_index, shard_count = _shard(shard_index, shard_count)
-  _check_example(source[0])
+  if transform is not None and random_transform is not None:
+    raise SurgeryError('give transform or random_transform, not both')
+  if transform is None and random_transform is None:
+    _check_example(source[0])  # a transform may read other keys ('encoded' JPEG bytes)
   rows = _rows_per_epoch(len(source), batch_size, shard_index, shard_count, drop_remainder,
                          pad_to_batch)
   dataset = grain.MapDataset.source(source)
   if shuffle:
     dataset = dataset.shuffle(seed=_shuffle_seed(seed))
+  if random_transform is not None:
+    # Seeded per index, and _EvenShard asks for epoch * N + position: one draw per
+    # (seed, epoch, position), whichever host or worker reads it.
+    dataset = dataset.random_map(
+        random_transform, seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
   dataset = (_EvenShard(dataset, shard_index, shard_count, rows)
              .map(functools.partial(_finish, transform=transform))
              .batch(batch_size)
