@@ -153,7 +153,12 @@ def _rgn_state(opt_state):
 
 
 def source_variables(config, workdir, spec):
-  """Stage 1: the pre-trained source model's variables (loaded, or trained and saved)."""
+  """Stage 1: the source model's variables. With `config.source_stage` (LP-FT from
+  `init_checkpoint` on the source split), trained or resumed in the workdir; else
+  `init_checkpoint` as it is, or a model pre-trained from scratch."""
+  if config.get('source_stage'):
+    from experiments import source_stage
+    return source_stage.lp_ft_or_load(config, workdir, spec)
   if config.init_checkpoint:
     return spec.load(config.init_checkpoint)
   from experiments import pretrain

@@ -128,6 +128,9 @@ def _check_training_fields(config):
   _int_at_least(config, 'auto_snr.chunk_size', 1)
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
+  if config.get('source_stage'):
+    from experiments import source_stage
+    source_stage.check(config)
 
 
 _MODEL_FIELDS = ('name', 'bn_mode')  # of the runner; every other key is the model's

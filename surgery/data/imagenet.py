@@ -345,6 +345,7 @@ class TfdsImagenetSource:
     labels = label_of if label_of is not None else class_index
     self._label_of = np.array([int(labels[w]) if w in chosen else -1 for w in label_names],
                               np.int64)
+    self._split, self._cache, self._labels = tfds_split, cache, None
     if chosen == set(label_names):
       self._positions = None
     else:
@@ -356,6 +357,16 @@ class TfdsImagenetSource:
 
   def __len__(self) -> int:
     return len(self._records) if self._positions is None else len(self._positions)
+
+  @property
+  def labels(self) -> np.ndarray:
+    """Every example's label, in order (one pass over the records, cached)."""
+    if self._labels is None:
+      tfds_labels = _record_labels(self._records, self.version_dir, self._split, self._cache)
+      if self._positions is not None:
+        tfds_labels = tfds_labels[self._positions]
+      self._labels = self._label_of[tfds_labels]
+    return self._labels
 
   def __getitem__(self, i) -> dict:
     i = _index_in(i, len(self))

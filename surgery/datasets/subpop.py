@@ -132,6 +132,7 @@ def create(config, name: str) -> Subpopulation:
                          _CifarImages(config.get('data_dir') or None), config)
   if name in BREEDS_NAMES:
     from surgery.datasets.imagenet_images import ImageNetImages
-    hierarchy = breeds.make(name, _breeds_info_dir(config), split, seed)
-    return Subpopulation(name, hierarchy, ImageNetImages(config), config)
+    info_dir = _breeds_info_dir(config)
+    hierarchy = breeds.make(name, info_dir, split, seed)
+    return Subpopulation(name, hierarchy, ImageNetImages(config, info_dir), config)
   raise SurgeryError(f'unknown subpopulation dataset {name!r}')
