@@ -17,7 +17,8 @@ fixed images keeps a run a function of its seed alone, as in the CIFAR runs. Sta
 (the source split, thousands of images per superclass) trains with the random-resized
 crop and flip (`train_transform`).
 
-Config fields read: dataset, data_dir, breeds_split ('rand' or 'good'), breeds_seed,
+Config fields read: data_dir (ImageNet's root, or CIFAR-10's), breeds_info_dir (else
+$SURGERY_DATA_DIR/breeds), breeds_split ('rand' or 'good'), breeds_seed,
 tune_per_class, val_per_class, data_workers.
 """
 import functools
@@ -117,9 +118,8 @@ class _CifarImages:
 
 
 def _breeds_info_dir(config) -> str:
-  from surgery.data.cifar10 import data_root
-  root = data_root(config.get('data_dir') or None)
-  return config.get('breeds_info_dir') or (f'{root}/breeds' if root else breeds.default_info_dir())
+  """`config.breeds_info_dir`, else $SURGERY_DATA_DIR/breeds (`data_dir` is ImageNet's)."""
+  return config.get('breeds_info_dir') or breeds.default_info_dir()
 
 
 def create(config, name: str) -> Subpopulation:
