@@ -274,6 +274,8 @@ def test_tfds_array_record_source(tfds_dir, tmp_path):
   assert len(source) == 6 and source.wnids == ['n01440764', 'n01514859']
   examples = [source[i] for i in range(6)]
   assert sorted((e['label'], e['class_index']) for e in examples) == [(0, 0)] * 3 + [(1, 8)] * 3
+  assert source.labels.tolist() == [e['label'] for e in examples]  # what splits stratify on
+  assert sorted(full.labels.tolist()) == sorted(full[i]['label'] for i in range(5))
   assert all(e['encoded'][:2] == b'\xff\xd8' for e in examples)
   assert any(name.startswith('imagenet-labels-') for name in os.listdir(tmp_path))
   out = EvalTransform()(examples[0])

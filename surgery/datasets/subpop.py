@@ -19,7 +19,7 @@ crop and flip (`train_transform`).
 
 Config fields read: data_dir (ImageNet's root, or CIFAR-10's), breeds_info_dir (else
 $SURGERY_DATA_DIR/breeds), breeds_split ('rand' or 'good'), breeds_seed,
-tune_per_class, val_per_class, data_workers.
+tune_per_class, val_per_class.
 """
 import functools
 from typing import Optional
