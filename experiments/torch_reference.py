@@ -1,10 +1,13 @@
 """PyTorch twins of the models, used only as references in tests and benchmarks: our
-ResNet-26 (the TTT/MEMO architecture) and torchvision's ResNet-50. Feed it contiguous NCHW tensors: torch 2.13's CPU GroupNorm backward
-segfaults on channels-last inputs that need no gradient.
+ResNet-26 (the TTT/MEMO architecture), torchvision's ResNet-50, RobustBench's
+`Standard` WideResNet (written here from its description) and open_clip's CLIP
+visual tower with a linear classifier. Feed them contiguous NCHW tensors: torch
+2.13's CPU GroupNorm backward segfaults on channels-last inputs that need no gradient.
 
-Its parameters map one to one onto the Flax model's through the MEMO checkpoint
-importer's names (`surgery.checkpoints.memo.torch_name`), so a Flax trainable mask
-says which torch parameters to tune (`tuned_parameters`): no group is named here.
+Their parameters map one to one onto the Flax model's through the checkpoint
+importers' names (`surgery.checkpoints.memo.torch_name` for ResNet-26, each model
+module's `torch_key` otherwise), so a Flax trainable mask says which torch parameters
+to tune (`tuned_parameters`): no group is named here.
 """
 import jax
 import torch
@@ -61,6 +64,90 @@ class TorchResNet26(nn.Module):
     return self.fc(x)
 
 
+class _WideBasicBlock(nn.Module):
+  """Pre-activation bn1-relu1-conv1-bn2-relu2-conv2. Where the widths differ the
+  shortcut is a 1x1 `convShortcut` of the pre-activated input, else the raw input."""
+
+  def __init__(self, c_in, c_out, stride):
+    super().__init__()
+    self.bn1, self.relu1 = nn.BatchNorm2d(c_in), nn.ReLU()
+    self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+    self.bn2, self.relu2 = nn.BatchNorm2d(c_out), nn.ReLU()
+    self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+    self.convShortcut = nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False) if c_in != c_out else None
+
+  def forward(self, x):
+    pre = self.relu1(self.bn1(x))
+    out = self.conv2(self.relu2(self.bn2(self.conv1(pre))))
+    return (x if self.convShortcut is None else self.convShortcut(pre)) + out
+
+
+class _WideStage(nn.Module):
+  """RobustBench's NetworkBlock: its blocks sit under `.layer`, hence 'block1.layer.0'."""
+
+  def __init__(self, num_layers, c_in, c_out, stride):
+    super().__init__()
+    self.layer = nn.Sequential(*[_WideBasicBlock(c_in if i == 0 else c_out, c_out,
+                                                 stride if i == 0 else 1)
+                                 for i in range(num_layers)])
+
+  def forward(self, x):
+    return self.layer(x)
+
+
+class TorchWideResNet(nn.Module):
+  """RobustBench's `Standard` CIFAR WideResNet-depth-widen: conv1, block1..3, bn1, fc.
+  Inputs are [0, 1] images (no normalisation), as the Flax model takes them."""
+
+  def __init__(self, depth=28, widen=10, num_classes=10):
+    super().__init__()
+    n, widths = (depth - 4) // 6, [16 * widen, 32 * widen, 64 * widen]
+    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    self.block1 = _WideStage(n, 16, widths[0], 1)
+    self.block2 = _WideStage(n, widths[0], widths[1], 2)
+    self.block3 = _WideStage(n, widths[1], widths[2], 2)
+    self.bn1, self.relu = nn.BatchNorm2d(widths[2]), nn.ReLU()
+    self.fc = nn.Linear(widths[2], num_classes)
+
+  def forward(self, x):
+    x = self.block3(self.block2(self.block1(self.conv1(x))))
+    # RobustBench's avg_pool2d(8) is the global mean of the 8x8 maps of 32x32 inputs.
+    return self.fc(self.relu(self.bn1(x)).mean((2, 3)))
+
+
+def clip_classifier(cfg, num_classes, quick_gelu=True, device=None):
+  """open_clip's `VisionTransformer` (OpenAI CLIP's visual tower, QuickGELU for OpenAI
+  weights) with a linear classifier `head` on its projected embedding. The tower's
+  parameters keep their visual state-dict names ('conv1.weight', 'transformer.
+  resblocks.0.attn.in_proj_weight', 'proj'), as `surgery.models.clip_vit.torch_key`
+  names them, beside 'head.weight' and 'head.bias'.
+
+  Args:
+    cfg: image_size, patch_size, width, layers, heads, embed_dim (clip_vit.VARIANTS).
+    device: e.g. 'meta' for shapes only.
+
+  Raises:
+    ImportError: open_clip (or the torchvision it imports) is not installed.
+  """
+  import_torchvision()  # open_clip imports torchvision, which needs the op schemas first
+  from open_clip.transformer import QuickGELU, VisionTransformer
+
+  class CLIPClassifier(VisionTransformer):
+    def __init__(self):
+      super().__init__(
+          image_size=cfg['image_size'], patch_size=cfg['patch_size'], width=cfg['width'],
+          layers=cfg['layers'], heads=cfg['heads'], mlp_ratio=4.0,
+          output_dim=cfg['embed_dim'], act_layer=QuickGELU if quick_gelu else nn.GELU)
+      self.head = nn.Linear(cfg['embed_dim'], num_classes)
+
+    def forward(self, x):
+      """x: CLIP-normalised NCHW float."""
+      return self.head(super().forward(x))
+
+  with torch.device(device or 'cpu'):
+    return CLIPClassifier()
+
+
 def load_state_dict_numpy(model, state_dict):
   model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state_dict.items()})
   return model
@@ -68,10 +155,11 @@ def load_state_dict_numpy(model, state_dict):
 
 def to_input(images, spec=None):
   """uint8 NHWC images -> the normalised, contiguous NCHW float tensor the net takes
-  (the Flax model normalises inside, with its module's mean and std; 0.5 for ResNet-26)."""
+  (the Flax model normalises inside, with its module's mean and std: 0.5 for ResNet-26,
+  none for the WideResNet, which takes [0, 1] images)."""
   import numpy as np
-  mean = np.asarray(getattr(spec.module, 'mean', 0.5) if spec is not None else 0.5, np.float32)
-  std = np.asarray(getattr(spec.module, 'std', 0.5) if spec is not None else 0.5, np.float32)
+  mean = np.asarray(getattr(spec.module, 'mean', 0.0) if spec is not None else 0.5, np.float32)
+  std = np.asarray(getattr(spec.module, 'std', 1.0) if spec is not None else 0.5, np.float32)
   x = (np.asarray(images) / 255.0 - mean) / std
   return torch.from_numpy(np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2)))
 
@@ -110,6 +198,16 @@ def from_spec(spec):
     except ImportError:
       return None
     return tv.models.resnet50(weights=None, num_classes=spec.num_classes).eval()
+  if spec.name == 'wrn28_10':
+    return TorchWideResNet(overrides['depth'], overrides['widen'], spec.num_classes).eval()
+  if spec.name.startswith('clip_vit_'):
+    from surgery.models.clip_vit import VARIANTS
+    cfg = {k: overrides[k] for k in VARIANTS[spec.name]}
+    try:
+      net = clip_classifier(cfg, spec.num_classes, overrides['quick_gelu'])
+    except ImportError:
+      return None
+    return net.eval()  # no dropout either way; eval is what the Flax model computes
   return None
 
 

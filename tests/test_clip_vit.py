@@ -112,6 +112,40 @@ def test_fresh_head_unless_the_checkpoint_holds_one(tiny_checkpoints, tmp_path):
   np.testing.assert_array_equal(head['bias'], np.arange(CLASSES))
 
 
+def test_benchmark_twin_matches_the_flax_model_and_tunes_its_mask(tmp_path):
+  """experiments.torch_reference's CLIP twin: the tower above plus `head`, named so
+  the Flax paths map onto it (a checkpoint of it loads whole, head included)."""
+  torch = torch_or_skip()
+  open_clip_or_skip()
+  from experiments.torch_reference import from_spec, to_input, tuned_parameters
+  spec = _tiny_spec()
+  torch.manual_seed(0)
+  net = from_spec(spec)
+  assert net is not None and not net.training
+  with torch.no_grad():  # off LayerNorm's ones and the zero biases, as above
+    for p in net.parameters():
+      p.add_(0.05 * torch.randn(p.shape))
+  path = str(tmp_path / 'twin.pth')
+  torch.save(net.state_dict(), path)
+  variables = spec.load(path)
+  images = _batch(1)[0]
+  ours = np.asarray(jax.jit(spec.module.apply)(variables, images.astype(np.float32) / 255))
+  with torch.no_grad():
+    ref = net(to_input(images, spec)).numpy()
+  assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+
+  params = variables['params']
+  named = dict(net.named_parameters())
+  prefixes = {'all': ('',), 'embedding': ('conv1.', 'class_embedding', 'positional_embedding',
+                                          'ln_pre.'),
+              'block2': ('transformer.resblocks.1.',),
+              'head': ('ln_post.', 'proj', 'head.')}
+  for method, prefix in prefixes.items():
+    mask = surgery.trainable_mask(params, spec.groups, spec.methods[method])
+    got = {id(p) for p in tuned_parameters(net, mask, spec)}
+    assert got == {id(p) for k, p in named.items() if k.startswith(prefix)}, method
+
+
 def test_full_size_layouts_match_open_clip():
   torch_or_skip()
   for name, cfg in clip_vit.VARIANTS.items():
@@ -256,3 +290,41 @@ def test_frozen_gradients_are_not_computed():
   flops_all, flops_head = _step_flops(spec, params, 'all'), _step_flops(spec, params, 'head')
   print(f'clip_vit tiny step FLOPs: all {flops_all:.3e}, head {flops_head:.3e}')
   assert flops_head < 0.45 * flops_all
+
+
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32_logits():
+  spec = _tiny_spec()
+  mixed = _tiny_spec(dtype='bfloat16')
+  params = _random_params(spec)
+  # A head of weight one gives logits of order one, so the relative check has teeth.
+  params['head']['kernel'] = np.random.RandomState(1).randn(
+      *params['head']['kernel'].shape).astype(np.float32)
+  images = _batch(0)[0].astype(np.float32) / 255
+  exact = np.asarray(jax.jit(spec.module.apply)({'params': params}, images))
+  logits = jax.jit(mixed.module.apply)({'params': params}, images)
+  assert logits.dtype == np.float32 and mixed.overrides['dtype'] == 'bfloat16'
+  delta, scale = np.abs(np.asarray(logits) - exact).max(), np.abs(exact).max()
+  print(f'clip_vit tiny bf16: max |dlogit| = {delta:.3e}, max |logit| = {scale:.3e}')
+  # bfloat16 keeps 8 bits of mantissa: a few percent of the logit scale, not 1e-5.
+  assert scale > 0.1 and delta <= 0.05 * scale
+  assert not np.array_equal(np.asarray(logits), exact), 'bfloat16 did not change the compute'
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(_params_shapes(mixed)))
+  # Matmuls in bfloat16; LayerNorm statistics and the softmax in float32.
+  ops = _primitive_dtypes(jax.make_jaxpr(mixed.module.apply)({'params': params}, images).jaxpr)
+  assert ops['conv_general_dilated'] == {'bfloat16'} and 'bfloat16' in ops['dot_general']
+  assert ops['reduce_sum'] == ops['reduce_max'] == ops['exp'] == ops['rsqrt'] == {'float32'}
+  with pytest.raises(SurgeryError, match='model.dtype'):
+    models.create('clip_vit_l14', dtype='float16')
+
+
+def _primitive_dtypes(jaxpr, found=None):
+  """{primitive name: dtypes of its first operand} over a jaxpr and its sub-jaxprs."""
+  found = {} if found is None else found
+  for eqn in jaxpr.eqns:
+    for value in eqn.params.values():
+      inner = getattr(value, 'jaxpr', value)
+      if hasattr(inner, 'eqns'):
+        _primitive_dtypes(inner, found)
+    if eqn.invars and hasattr(eqn.invars[0], 'aval'):
+      found.setdefault(eqn.primitive.name, set()).add(str(eqn.invars[0].aval.dtype))
+  return found

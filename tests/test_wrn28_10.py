@@ -1,7 +1,9 @@
 """RobustBench's WideResNet-28-10: torch equivalence, safe and strict loading, surgery.
 
-The torch reference below is written here from the architecture's description (not
-imported from RobustBench), so a shared misreading would have to be made twice.
+The torch reference (`experiments.torch_reference.TorchWideResNet`, also the
+benchmark's twin) is written from the architecture's description, independently of
+the Flax model and not imported from RobustBench, so a shared misreading would have
+to be made twice.
 """
 import builtins
 import os
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 import surgery
-from surgery import CheckpointError, models
+from surgery import CheckpointError, SurgeryError, models
 from surgery.checkpoints import save_params
 from surgery.groups import path_str
 from surgery.models.wrn28_10 import torch_key
@@ -39,53 +41,12 @@ def _one_line(error):
 # ------------------------------------------------------------------- torch reference
 
 def _torch_wrn(torch, depth, widen, num_classes=10):
-  """The WideResNet as torch modules with RobustBench's names, random weights and
-  randomised running statistics, in eval mode."""
+  """The WideResNet as torch modules with RobustBench's names (the benchmark's twin),
+  random weights and randomised running statistics, in eval mode."""
+  from experiments.torch_reference import TorchWideResNet
   nn = torch.nn
-
-  class Block(nn.Module):
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.bn1 = nn.BatchNorm2d(cin)
-      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.convShortcut = nn.Conv2d(cin, cout, 1, stride, 0, bias=False) if cin != cout else None
-
-    def forward(self, x):
-      pre = torch.relu(self.bn1(x))
-      out = self.conv2(torch.relu(self.bn2(self.conv1(pre))))
-      return (x if self.convShortcut is None else self.convShortcut(pre)) + out
-
-  class Stage(nn.Module):
-
-    def __init__(self, n, cin, cout, stride):
-      super().__init__()
-      self.layer = nn.Sequential(*[Block(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                   for i in range(n)])
-
-    def forward(self, x):
-      return self.layer(x)
-
-  class Net(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      n, widths = (depth - 4) // 6, [16 * widen, 32 * widen, 64 * widen]
-      self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-      self.block1 = Stage(n, 16, widths[0], 1)
-      self.block2 = Stage(n, widths[0], widths[1], 2)
-      self.block3 = Stage(n, widths[1], widths[2], 2)
-      self.bn1 = nn.BatchNorm2d(widths[2])
-      self.fc = nn.Linear(widths[2], num_classes)
-
-    def forward(self, x):
-      x = self.block3(self.block2(self.block1(self.conv1(x))))
-      return self.fc(torch.nn.functional.avg_pool2d(torch.relu(self.bn1(x)), 8).flatten(1))
-
   torch.manual_seed(0)
-  net = Net()
+  net = TorchWideResNet(depth, widen, num_classes)
   with torch.no_grad():
     for m in net.modules():
       if isinstance(m, nn.BatchNorm2d):
@@ -125,6 +86,27 @@ def test_logits_match_a_torch_reference(tmp_path, depth, widen, robustbench):
   diff, scale = np.abs(ours - ref).max(), np.abs(ref).max()
   print(f'depth {depth} widen {widen}: max |dlogit| {diff:.3g}, max |logit| {scale:.3g}')
   assert scale > 0.1 and diff <= 1e-5 * scale
+
+
+# Torch modules each method tunes, from RobustBench's layout (the Flax groups' meaning).
+TORCH_MODULES = {'all': [''], 'first_layer': ['conv1.'], 'block1': ['conv1.', 'block1.'],
+                 'block2': ['block2.'], 'block3': ['block3.'], 'last': ['bn1.', 'fc.']}
+
+
+def test_benchmark_twin_tunes_what_the_flax_mask_tunes():
+  torch_or_skip()
+  from experiments.torch_reference import TorchWideResNet, from_spec, tuned_parameters
+  spec = models.create('wrn28_10', depth=10, widen=2, num_classes=7)
+  net = from_spec(spec)
+  assert isinstance(net, TorchWideResNet) and not net.training
+  params = jax.eval_shape(spec.init)['params']
+  assert sum(p.numel() for p in net.parameters()) == surgery.count_params(params)
+  for method, group_spec in spec.methods.items():
+    mask = surgery.trainable_mask(params, spec.groups, group_spec)
+    got = {id(p) for p in tuned_parameters(net, mask, spec)}
+    want = {id(p) for name, p in net.named_parameters()
+            if name.startswith(tuple(TORCH_MODULES[method]))}
+    assert got == want, method
 
 
 def test_new_head_keeps_a_fresh_classifier_and_loads_the_rest(tmp_path):
@@ -276,3 +258,24 @@ def test_tuning_the_head_skips_the_backward_pass(tiny):
   flops = {m: _step_flops(*tiny, m) for m in ('all', 'last')}
   print(f"step FLOPs: last {flops['last']:.3g}, all {flops['all']:.3g}")
   assert flops['last'] < 0.45 * flops['all']
+
+
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32_logits(tiny):
+  spec, params, model_state = tiny
+  mixed = models.create('wrn28_10', dtype='bfloat16', **TINY)
+  assert mixed.overrides['dtype'] == 'bfloat16' and 'dtype' not in spec.overrides
+  variables = {'params': params, **model_state}
+  images = _batch(0)[0].astype(np.float32) / 255
+  exact = np.asarray(spec.module.apply(variables, images))
+  logits = mixed.module.apply(variables, images)
+  assert logits.dtype == np.float32
+  # bfloat16 keeps 8 bits of mantissa: agreement to a few percent of the logit scale,
+  # far from float32's 1e-5 but far closer than an unrelated network.
+  print(f'wrn bf16: max |dlogit| {np.abs(np.asarray(logits) - exact).max():.3g}, '
+        f'max |logit| {np.abs(exact).max():.3g}')
+  assert np.abs(np.asarray(logits) - exact).max() <= 0.05 * np.abs(exact).max()
+  assert not np.array_equal(np.asarray(logits), exact), 'bfloat16 did not change the compute'
+  state = jax.eval_shape(mixed.init)
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(state))
+  with pytest.raises(SurgeryError, match='model.dtype'):
+    models.create('wrn28_10', dtype='float16')

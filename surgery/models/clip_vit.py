@@ -13,6 +13,12 @@ Module names mirror the state-dict keys: `resblocks_3/attn/in_proj/kernel` is
 
 Inputs are float images in [0, 1], NHWC; the model normalises with CLIP's mean/std.
 
+`dtype='bfloat16'` is mixed precision: the patch convolution, the Dense layers and the
+residual stream compute in bfloat16, while parameters stay float32, LayerNorms reduce
+and normalise in float32 (Flax's default; only their output is cast), the attention
+softmax runs in float32, and ln_post, `proj` and the classifier compute in float32, so
+the logits are float32.
+
 Group maps
 ----------
 `GROUPS` (spec.groups, the per-block sweep of Table 1 / Figure 2): `embedding` (conv1,
@@ -39,7 +45,7 @@ all 12. The chunks are named middle1-4 so they never mix with GROUPS' blockN.)
 """
 import dataclasses
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -67,8 +73,10 @@ _HEAD_RX = r'^(ln_post|proj|head)(/|$)'
 
 # ---------------------------------------------------------------------------- network
 
-def _layer_norm(name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-5, name=name)
+def _layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
+  # `dtype` is the output's: with float32 parameters Flax computes the statistics and
+  # the normalisation in float32 whatever the input's dtype.
+  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=name)
 
 
 def quick_gelu(x):
@@ -80,41 +88,47 @@ class SelfAttention(nn.Module):
   """torch's nn.MultiheadAttention on one sequence: fused q/k/v, then `out_proj`."""
   width: int
   heads: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     batch, tokens, _ = x.shape
     head_dim = self.width // self.heads
-    qkv = nn.Dense(3 * self.width, name='in_proj')(x)
+    qkv = nn.Dense(3 * self.width, dtype=self.dtype, name='in_proj')(x)
     q, k, v = (t.reshape(batch, tokens, self.heads, head_dim)
                for t in jnp.split(qkv, 3, axis=-1))
     # Scaling q before the product, as torch does, keeps the rounding comparable.
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * head_dim ** -0.5, k)
-    weights = jax.nn.softmax(logits, axis=-1)
+    # Softmax in float32: bfloat16's 8-bit mantissa would flatten close attention logits.
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, tokens, self.width)
-    return nn.Dense(self.width, name='out_proj')(out)
+    return nn.Dense(self.width, dtype=self.dtype, name='out_proj')(out)
 
 
 class MLP(nn.Module):
   width: int
   quick_gelu: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Dense(4 * self.width, name='c_fc')(x)
+    x = nn.Dense(4 * self.width, dtype=self.dtype, name='c_fc')(x)
     x = quick_gelu(x) if self.quick_gelu else nn.gelu(x, approximate=False)
-    return nn.Dense(self.width, name='c_proj')(x)
+    return nn.Dense(self.width, dtype=self.dtype, name='c_proj')(x)
 
 
 class ResidualAttentionBlock(nn.Module):
   width: int
   heads: int
   quick_gelu: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = x + SelfAttention(self.width, self.heads, name='attn')(_layer_norm('ln_1')(x))
-    return x + MLP(self.width, self.quick_gelu, name='mlp')(_layer_norm('ln_2')(x))
+    attn = SelfAttention(self.width, self.heads, self.dtype, name='attn')
+    x = x + attn(_layer_norm('ln_1', self.dtype)(x))
+    mlp = MLP(self.width, self.quick_gelu, self.dtype, name='mlp')
+    return x + mlp(_layer_norm('ln_2', self.dtype)(x))
 
 
 class CLIPViTClassifier(nn.Module):
@@ -129,6 +143,9 @@ class CLIPViTClassifier(nn.Module):
   quick_gelu: bool = True
   mean: Sequence[float] = CLIP_MEAN
   std: Sequence[float] = CLIP_STD
+  # Compute dtype (bfloat16 for mixed precision on GPU/TPU); parameters and logits
+  # stay float32.
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -136,10 +153,11 @@ class CLIPViTClassifier(nn.Module):
     x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
     x = self._embed(x)
     for i in range(self.layers):
-      x = ResidualAttentionBlock(self.width, self.heads, self.quick_gelu,
+      x = ResidualAttentionBlock(self.width, self.heads, self.quick_gelu, self.dtype,
                                  name=f'resblocks_{i}')(x)
     # ln_post is per token, so applying it to the class token alone gives open_clip's
-    # pooled output without normalising the other tokens.
+    # pooled output without normalising the other tokens. Its float32 output keeps
+    # `proj` and the classifier (one token each, cheap) in float32.
     x = _layer_norm('ln_post')(x[:, 0])
     scale = self.width ** -0.5
     proj = self.param('proj', nn.initializers.normal(scale), (self.width, self.embed_dim))
@@ -152,7 +170,7 @@ class CLIPViTClassifier(nn.Module):
       raise SurgeryError(f'clip_vit expects {self.image_size}px images, got {x.shape[1:3]}')
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', use_bias=False,
-                name='conv1')(x)
+                dtype=self.dtype, name='conv1')(x)
     x = x.reshape(x.shape[0], grid * grid, self.width)  # row-major, as torch flattens
     scale = self.width ** -0.5
     cls = self.param('class_embedding', nn.initializers.normal(scale), (self.width,))
@@ -160,7 +178,7 @@ class CLIPViTClassifier(nn.Module):
                      (grid * grid + 1, self.width))
     cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)
-    return _layer_norm('ln_pre')(x)
+    return _layer_norm('ln_pre', self.dtype)(x)
 
 
 # ------------------------------------------------------------------------- group maps
@@ -193,7 +211,7 @@ def table7_map(layers: int) -> tuple:
 # ------------------------------------------------------------------------------ create
 
 def create(variant: str = 'clip_vit_b16', num_classes: int = 1000, new_head: bool = True,
-           quick_gelu: bool = True, **overrides) -> 'ModelSpec':
+           quick_gelu: bool = True, dtype: str = 'float32', **overrides) -> 'ModelSpec':
   """The model contract's spec (see surgery.models).
 
   Args:
@@ -203,26 +221,29 @@ def create(variant: str = 'clip_vit_b16', num_classes: int = 1000, new_head: boo
       CLIP checkpoint); False requires the checkpoint to hold one.
     quick_gelu: OpenAI's QuickGELU (True, for OpenAI weights) or exact GELU (open_clip
       models trained without it).
+    dtype: compute dtype, 'float32' or 'bfloat16' (mixed precision: float32
+      parameters, LayerNorm statistics, attention softmax and logits).
     **overrides: image_size, patch_size, width, layers, heads, embed_dim (tests build
       a tiny tower; only the defaults read the released weights).
   """
-  from surgery.models import ModelSpec
+  from surgery.models import ModelSpec, compute_dtype
   if variant not in VARIANTS:
     raise SurgeryError(f'unknown clip_vit variant {variant!r}; valid: {sorted(VARIANTS)}')
   unknown = sorted(set(overrides) - set(VARIANTS[variant]))
   if unknown:
     raise SurgeryError(f'{variant} has no option(s) {unknown}; valid: num_classes, new_head, '
-                       f'quick_gelu, {", ".join(VARIANTS[variant])}')
+                       f'quick_gelu, dtype, {", ".join(VARIANTS[variant])}')
   cfg = {k: int(v) for k, v in {**VARIANTS[variant], **overrides}.items()}
   _check(variant, cfg, num_classes)
-  module = CLIPViTClassifier(num_classes=num_classes, quick_gelu=bool(quick_gelu), **cfg)
+  module = CLIPViTClassifier(num_classes=num_classes, quick_gelu=bool(quick_gelu),
+                             dtype=compute_dtype(dtype), **cfg)
   spec = ModelSpec(
       name=variant, module=module, groups=groups(cfg['layers']),
       methods=methods(cfg['layers']), image_size=cfg['image_size'], num_classes=num_classes,
       load=None, head_methods=('head',),
       extra_group_maps={TABLE7_MAP: table7_map(cfg['layers'])},
       overrides=dict(cfg, num_classes=num_classes, new_head=bool(new_head),
-                     quick_gelu=bool(quick_gelu)))
+                     quick_gelu=bool(quick_gelu), dtype=str(dtype)))
   return dataclasses.replace(spec, load=lambda path: load(path, spec))
 
 

@@ -13,6 +13,10 @@ residual is the raw input x.
 Module names mirror the torch keys (`block1/layer0/bn1` is `block1.layer.0.bn1`) so the
 checkpoint mapping is one substitution. Inputs are float NHWC images in [0, 1]; the
 RobustBench model has no input normalisation.
+
+`dtype='bfloat16'` computes convolutions and BatchNorm outputs in bfloat16 (mixed
+precision on GPU/TPU); parameters, BatchNorm statistics, the pooled features and the
+logits stay float32.
 """
 import os
 import re
@@ -57,30 +61,32 @@ _LEAF_KEYS = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
 _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
   # Explicit padding: 'SAME' pads a stride-2 3x3 conv (0, 1), torch pads (1, 1).
   pad = (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_CONV_INIT,
-                 name=name)
+                 name=name, dtype=dtype)
 
 
 class BasicBlock(nn.Module):
   features: int
   stride: int
   norm: Any
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    conv = partial(_conv, dtype=self.dtype)
     pre = nn.relu(self.norm(name='bn1')(x))
-    out = _conv(self.features, 3, self.stride, name='conv1')(pre)
+    out = conv(self.features, 3, self.stride, name='conv1')(pre)
     out = nn.relu(self.norm(name='bn2')(out))
-    out = _conv(self.features, 3, 1, name='conv2')(out)
+    out = conv(self.features, 3, 1, name='conv2')(out)
     if x.shape[-1] == self.features:
       # Widths only change where a stage starts, together with any stride, so an
       # identity residual always has the output's shape.
       return x + out
-    return _conv(self.features, 1, self.stride, name='convShortcut')(pre) + out
+    return conv(self.features, 1, self.stride, name='convShortcut')(pre) + out
 
 
 class NetworkBlock(nn.Module):
@@ -88,11 +94,12 @@ class NetworkBlock(nn.Module):
   stride: int
   num_layers: int
   norm: Any
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_layers):
-      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.norm,
+      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.norm, self.dtype,
                      name=f'layer{i}')(x)
     return x
 
@@ -104,24 +111,29 @@ class WideResNet(nn.Module):
   # Layers in train mode when train=True (see SelectiveBatchNorm); () keeps every
   # layer in eval mode, as the authors fine-tune.
   bn_train_layers: Optional[Sequence[str]] = ()
+  # Compute dtype (bfloat16 for mixed precision on GPU/TPU); parameters, BatchNorm
+  # statistics and logits stay float32.
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     # Flax momentum 0.9 is torch's momentum 0.1.
     norm = partial(SelectiveBatchNorm, train=train, train_layers=self.bn_train_layers,
-                   momentum=0.9, epsilon=1e-5)
+                   momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     num_layers = (self.depth - 4) // 6
-    x = _conv(16, 3, 1, name='conv1')(x)
+    x = _conv(16, 3, 1, name='conv1', dtype=self.dtype)(x)
     for i, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-      x = NetworkBlock(width * self.widen, stride, num_layers, norm, name=f'block{i}')(x)
+      x = NetworkBlock(width * self.widen, stride, num_layers, norm, self.dtype,
+                       name=f'block{i}')(x)
     x = nn.relu(norm(name='bn1')(x))
-    # torch's avg_pool2d(8) on the 8x8 maps a 32x32 input leaves is the global mean.
-    x = jnp.mean(x, axis=(1, 2))
+    # torch's avg_pool2d(8) on the 8x8 maps a 32x32 input leaves is the global mean;
+    # averaged in float32, so the classifier (and the loss) sees float32 features.
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_classes, name='fc')(x)
 
 
 def create(depth: int = 28, widen: int = 10, num_classes: int = 10, new_head: bool = False,
-           **unused) -> 'ModelSpec':
+           dtype: str = 'float32', **unused) -> 'ModelSpec':
   """The model contract's spec (see surgery.models).
 
   Args:
@@ -130,20 +142,26 @@ def create(depth: int = 28, widen: int = 10, num_classes: int = 10, new_head: bo
     num_classes: classifier outputs.
     new_head: `load` keeps a freshly initialised `fc` (e.g. for another number of
       classes) instead of requiring the checkpoint's to fit.
+    dtype: compute dtype, 'float32' or 'bfloat16' (mixed precision: float32
+      parameters, statistics and logits).
   """
-  from surgery.models import ModelSpec
+  from surgery.models import ModelSpec, compute_dtype
   if unused:
     raise SurgeryError(f'wrn28_10 has no option(s) {sorted(unused)}; valid: depth, widen, '
-                       'num_classes, new_head')
+                       'num_classes, new_head, dtype')
   if depth < 10 or (depth - 4) % 6:
     raise SurgeryError(f'model.depth must be 6n+4 >= 10, got {depth}')
   if widen < 1 or num_classes < 2:
     raise SurgeryError(f'model.widen must be >= 1 and num_classes >= 2, got {widen}, {num_classes}')
-  module = WideResNet(depth=depth, widen=widen, num_classes=num_classes)
+  module = WideResNet(depth=depth, widen=widen, num_classes=num_classes,
+                      dtype=compute_dtype(dtype))
   spec = ModelSpec(
       name='wrn28_10', module=module, groups=GROUPS, methods=METHODS, image_size=32,
       num_classes=num_classes, load=None, head_methods=('last',),
-      overrides=dict(depth=depth, widen=widen, num_classes=num_classes, new_head=bool(new_head)))
+      overrides=dict(depth=depth, widen=widen, num_classes=num_classes, new_head=bool(new_head),
+                     # Only when mixed: float32 specs keep the overrides they had before
+                     # the option existed (tests/test_main.py compares them whole).
+                     **({} if dtype == 'float32' else {'dtype': str(dtype)})))
   import dataclasses
   return dataclasses.replace(spec, load=lambda path: load(path, spec))
 
