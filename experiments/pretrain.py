@@ -15,7 +15,7 @@ import optax
 from tqdm import tqdm
 
 import surgery
-from surgery import datasets
+from surgery import datasets, distributed
 from surgery.checkpoints import load_orbax_params, save_params
 from surgery.data.sources import to_arrays
 from experiments.results import atomic_write
@@ -88,10 +88,11 @@ def pretrain_or_load(config, workdir, spec) -> dict:
       state, metrics = step(state, x, y)
       if b % 50 == 0:
         bar.set_postfix(loss=f'{float(metrics["loss"]):.3f}')
-    save_params(partial, {'state': jax.device_get(state)})
-    atomic_write(meta_path, json.dumps({'epochs_done': epoch + 1}))
+    save_params(partial, {'state': surgery.train.to_host(state)})  # every process takes part
+    if distributed.is_primary():
+      atomic_write(meta_path, json.dumps({'epochs_done': epoch + 1}))
     print(f'pretrain epoch {epoch + 1}: last batch loss {float(metrics["loss"]):.3f}', flush=True)
-  state = jax.device_get(state)
+  state = surgery.train.to_host(state)
   variables = {'params': state.params, **state.model_state}
   save_params(final, variables)
   return variables

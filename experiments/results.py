@@ -161,13 +161,15 @@ class ResultsCsv:
   metric beyond acc) read fine; missing cells read as ''.
   """
 
-  def __init__(self, path: str):
-    """Reads `path` if it exists; never writes it.
+  def __init__(self, path: str, write: bool = True):
+    """Reads `path` if it exists; never writes it. With `write=False`, `add` keeps rows
+    in memory only (the processes of a multi-process run other than process 0).
 
     Raises:
       SurgeryError: `path` exists but is not a results.csv.
     """
     self.path = path
+    self.write = write
     self._file_columns = ()
     self.rows = []
     if os.path.exists(path):
@@ -208,7 +210,8 @@ class ResultsCsv:
     writer = csv.DictWriter(buf, fieldnames=header, restval='')
     writer.writeheader()
     writer.writerows(self.rows)
-    atomic_write(self.path, buf.getvalue())
+    if self.write:
+      atomic_write(self.path, buf.getvalue())
 
 
 def _plain(value):

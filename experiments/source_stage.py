@@ -22,7 +22,6 @@ WORKDIR/source_model, which later runs load.
 import os
 
 import jax
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
@@ -80,8 +79,15 @@ def _optimizer(spec, params, group_spec, lr):
 
 
 def _iterator(source, transform, sc, phase_index, epochs):
-  return batches(source, sc.batch_size, seed=sc.seed * 100 + phase_index, num_epochs=epochs,
-                 random_transform=transform, worker_count=sc.workers, drop_remainder=True)
+  """This process's shard of every epoch: `batch_size` is the global batch, split evenly
+  over the processes, so the lr means the same whatever the number of hosts."""
+  hosts = jax.process_count()
+  if sc.batch_size % hosts:
+    raise SurgeryError(f'source_stage.batch_size {sc.batch_size} does not split over '
+                       f'{hosts} processes')
+  return batches(source, sc.batch_size // hosts, seed=sc.seed * 100 + phase_index,
+                 num_epochs=epochs, random_transform=transform, worker_count=sc.workers,
+                 drop_remainder=True)
 
 
 def lp_ft_or_load(config, workdir, spec) -> dict:
@@ -130,19 +136,20 @@ def lp_ft_or_load(config, workdir, spec) -> dict:
       print(f'source stage ({name}): {epochs} epoch(s) of {it.steps_per_epoch} steps over '
             f'{len(source)} source images, Adam lr {lr:g}', flush=True)
       loss = None
-      with it, tqdm(total=len(it), initial=int(state.step), desc=f'source {name}',
+      with it, tqdm(total=len(it), initial=int(surgery.train.to_host(state.step)), desc=f'source {name}',
                     unit='step', leave=False) as bar:
         for batch in it:
-          x, y, w = surgery.shard_batch(mesh, batch['image'], batch['label'], batch['weight'])
+          x, y, w = surgery.train.host_local_batch(mesh, batch['image'], batch['label'],
+                                                   batch['weight'])
           state, metrics = step(state, x, y, w)
           bar.update()
-          n = int(state.step)
+          n = int(surgery.train.to_host(state.step))
           if n % 20 == 0 or n == len(it):
-            loss = float(metrics['loss'])
+            loss = float(surgery.train.to_host(metrics['loss']))
             bar.set_postfix(loss=f'{loss:.3f}')
           if n % sc.checkpoint_every == 0 and n < len(it):
             _save(manager, {'state': state}, index, n, it)
-      state = jax.device_get(state)
+      state = surgery.train.to_host(state)
       params, model_state = state.params, state.model_state
       _save(manager, {'weights': {'params': params, 'model_state': model_state}}, index + 1, 0)
       print(f'source stage ({name}) done' + (f': last batch loss {loss:.3f}' if loss else ''),
@@ -156,8 +163,7 @@ def _save(manager, items, phase, step_in_phase, it=None):
   """One checkpoint: `items` (pytrees) and where training stands. The manager's step
   numbers count saves, so phases need no shared step counter."""
   number = (manager.latest_step() or 0) + 1
-  args = {k: ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, jax.device_get(v)))
-          for k, v in items.items()}
+  args = {k: ocp.args.StandardSave(surgery.train.to_host(v)) for k, v in items.items()}
   args['meta'] = ocp.args.JsonSave({'phase': phase, 'step': step_in_phase,
                                     'iterator': it.get_state() if it is not None else None})
   manager.save(number, args=ocp.args.Composite(**args))

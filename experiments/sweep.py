@@ -12,6 +12,7 @@ import jax
 from tqdm import tqdm
 
 import surgery
+from surgery import distributed
 from surgery.errors import SurgeryError
 from surgery.groups import path_str
 from surgery.methods import registry
@@ -26,7 +27,8 @@ def train_and_evaluate(config, workdir):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   os.makedirs(workdir, exist_ok=True)
-  table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
+  primary = distributed.is_primary()  # the one process that writes files
+  table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
   if config.get('report_only'):
     todo = [r for r in plan.runs if not table.has(r.shift, r.method, r.lr, r.seed, r.hparam)]
     print(f'report only: {len(plan.runs) - len(todo)} of {len(plan.runs)} planned runs in results.csv')
@@ -34,14 +36,19 @@ def train_and_evaluate(config, workdir):
     print(summary)
     return table.rows
   check_resume(workdir, table, plan.fingerprint, plan.result_fields)
-  results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   todo = [r for r in plan.runs if not table.has(r.shift, r.method, r.lr, r.seed, r.hparam)]
+  # Every process read results.csv before any writes it, and all go on with one list.
+  distributed.agree('the runs to do', repr(todo))
+  distributed.barrier('read results.csv')
+  if primary:
+    results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   print(f'{len(plan.runs)} runs planned ({len(plan.shifts)} shift(s) x methods x lrs x '
         f'{len(plan.seeds)} seed(s)); {len(plan.runs) - len(todo)} already in results.csv, '
         f'{len(todo)} to go. Model {plan.model.name}, dataset {config.get("dataset", "cifar10")}. '
         f'Devices: {jax.device_count()} x {jax.devices()[0].device_kind}.', flush=True)
   if not todo:
-    print(write_outputs(workdir, table.rows, plan))
+    if primary:
+      print(write_outputs(workdir, table.rows, plan))
     return table.rows
 
   variables = finetune.source_variables(config, workdir, plan.model)
@@ -60,19 +67,20 @@ def train_and_evaluate(config, workdir):
         data = plan.dataset.target_sets(shift, seed)
         for run in [r for r in shift_runs if r.seed == seed]:
           bar.set_description(f'{shift} {run.method} lr={run.lr:g} {run.hparam} seed={seed}')
-          row = _one_run(runner, plan, start_params, model_state, run, data, workdir)
+          row = _one_run(runner, plan, start_params, model_state, run, data, workdir, primary)
           table.add(row)
           bar.write(f'{shift:18s} {run.method:13s} lr={run.lr:<7g}{run.hparam:>16s} seed={seed} '
                     f'epoch={row["best_epoch"]:2d} val={row["val_acc"]:.4f} '
                     f'test={row["test_acc"]:.4f} ({row["seconds"]:.0f}s)')
           bar.update()
-          write_outputs(workdir, table.rows, plan)
-  summary = write_outputs(workdir, table.rows, plan)
-  print(summary)
+          if primary:
+            write_outputs(workdir, table.rows, plan)
+  if primary:
+    print(write_outputs(workdir, table.rows, plan))
   return table.rows
 
 
-def _one_run(runner, plan, params, model_state, run, data, workdir):
+def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True):
   """One results.csv row: fine-tune (or just evaluate, for evaluate-only methods)."""
   start = time.time()
   tune, val, test = data
@@ -86,14 +94,15 @@ def _one_run(runner, plan, params, model_state, run, data, workdir):
     fields, history, rgn = runner.run(params, model_state, method, run.lr, run.seed, tune, val,
                                       test, desc=f'{run.method} lr={run.lr:g} {run.hparam}',
                                       hparam=run.hparam_value)
-    if rgn is not None:
+    if rgn is not None and primary:
       _save_rgn_weights(workdir, run.shift, run.lr, run.seed, rgn)
   row = dict(shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
              n_tune=len(tune[1]), n_val=len(val[1]), n_test=len(test[1]),
              seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint, **fields)
-  results_lib.append_jsonl(os.path.join(workdir, 'metrics.jsonl'), dict(
-      shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
-      fingerprint=plan.fingerprint, epochs=history))
+  if primary:
+    results_lib.append_jsonl(os.path.join(workdir, 'metrics.jsonl'), dict(
+        shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
+        fingerprint=plan.fingerprint, epochs=history))
   return row
 
 

@@ -5,6 +5,7 @@ along it, parameters and optimizer state are replicated, and XLA inserts the gra
 all-reduce. (`jax.pmap` is in maintenance mode since JAX 0.8; nothing here uses it.)
 The same step function runs unchanged with or without a mesh.
 """
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -46,7 +47,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(mesh: Optional[Mesh], *arrays):
-  """Puts arrays on the mesh, split along their leading (batch) axis."""
+  """Puts arrays on the mesh, split along their leading (batch) axis.
+
+  Every process passes the same global batch and keeps the rows of its own devices, so
+  a run over several processes sees exactly the batches of a single-process run.
+  """
   if mesh is None:
     return arrays if len(arrays) > 1 else arrays[0]
   n = mesh.devices.size
@@ -54,12 +59,43 @@ def shard_batch(mesh: Optional[Mesh], *arrays):
     if a.shape[0] % n:
       raise SurgeryError(f'batch of {a.shape[0]} does not split over {n} devices; '
                          f'use a batch size divisible by {n}')
-  out = tuple(jax.device_put(a, batch_sharded(mesh)) for a in arrays)
+  sharding = batch_sharded(mesh)
+  if jax.process_count() == 1:
+    out = tuple(jax.device_put(a, sharding) for a in arrays)
+  else:
+    out = tuple(jax.make_array_from_callback(np.shape(a), sharding,
+                                             lambda index, a=a: np.asarray(a)[index])
+                for a in arrays)
+  return out if len(out) > 1 else out[0]
+
+
+def host_local_batch(mesh: Optional[Mesh], *arrays):
+  """Like `shard_batch`, but each process passes only its own rows (its shard of a
+  streamed split): the global batch is the processes' rows, in process order."""
+  if mesh is None or jax.process_count() == 1:
+    return shard_batch(mesh, *arrays)
+  out = tuple(jax.make_array_from_process_local_data(batch_sharded(mesh), np.asarray(a))
+              for a in arrays)
   return out if len(out) > 1 else out[0]
 
 
 def replicate(mesh: Optional[Mesh], tree: Any) -> Any:
-  return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+  """A copy of `tree` on every device of the mesh (the same values in every process)."""
+  if mesh is None:
+    return tree
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda index, x=x: np.asarray(x)[index]), tree)
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copies of replicated (or local) arrays, in any process."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
+      and not x.is_fully_addressable else np.asarray(x), tree)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, weights: Optional[jax.Array] = None):
@@ -191,8 +227,17 @@ def predictions(predict, params, model_state, images: np.ndarray, batch_size: in
     if real < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - real, *x.shape[1:]), x.dtype)])
     logits = predict(params, model_state, shard_batch(mesh, x))
-    out.append(np.asarray(jnp.argmax(logits, -1))[:real])
+    out.append(np.asarray(_classes(mesh)(logits))[:real])
   return np.concatenate(out) if out else np.zeros([0], np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _classes(mesh: Optional[Mesh]):
+  """argmax over classes, gathered onto every device: with several processes no host
+  could read a batch-sharded array, so the gather happens inside jit."""
+  if mesh is None:
+    return jax.jit(lambda logits: jnp.argmax(logits, -1))
+  return jax.jit(lambda logits: jnp.argmax(logits, -1), out_shardings=replicated(mesh))
 
 
 def evaluate(predict, params, model_state, images: np.ndarray, labels: np.ndarray,

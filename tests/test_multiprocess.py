@@ -1,0 +1,129 @@
+"""Multi-process runs as on a TPU pod, here two local CPU processes with two devices each
+(gloo collectives, coordinator on 127.0.0.1): the same rows as one process with four
+devices, one line and a clean exit when a process dies, and a resume that loses nothing."""
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from surgery import models
+from surgery.checkpoints import save_params
+from tests.test_main import _write_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARED = ('shift', 'method', 'lr', 'hparam', 'seed', 'best_epoch', 'n_tune', 'n_val', 'n_test')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(flags, workdir, processes, devices, extra=()):
+  """Starts the run's processes; returns them (process 0 first)."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # conftest's 8 devices
+  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED='1',
+             SURGERY_CACHE_DIR=os.path.join(os.path.dirname(workdir), 'cache'))
+  cmd = [sys.executable, '-m', 'experiments.main', *flags, f'--workdir={workdir}', *extra]
+  if processes > 1:
+    port = _free_port()
+    cmd += [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}']
+  procs = []
+  for p in range(processes):
+    which = [f'--process_id={p}'] if processes > 1 else []
+    procs.append(subprocess.Popen(cmd + which, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _run(flags, workdir, processes, devices):
+  procs = _launch(flags, workdir, processes, devices)
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  first = outs[0][0].splitlines()[0]
+  assert first.startswith(f'process 0 of {processes}: 4 devices in all, {devices} here'), first
+  return _rows(workdir)
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'results.csv'), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _assert_same_rows(got, want):
+  assert [[r[c] for c in COMPARED] for r in got] == [[r[c] for c in COMPARED] for r in want]
+  for g, w in zip(got, want):  # all-reduce order may differ: within one test example
+    n = int(w['n_test'])
+    assert abs(float(g['test_acc']) - float(w['test_acc'])) * n <= 1 + 1e-6, (g, w)
+
+
+@pytest.fixture(scope='module')
+def cifar(tmp_path_factory):
+  root = tmp_path_factory.mktemp('mp_cifar')
+  _write_folder(root / 'data', 'test', 8, 0)
+  source = save_params(str(root / 'source'), models.create('resnet26', depth=8).init()['params'])
+  flags = ['--config=configs/cifar10c.py', f'--config.data_dir={root / "data"}',
+           f'--config.init_checkpoint={source}', '--config.model.resnet26.depth=8',
+           '--config.corruptions=gaussian_noise', '--config.methods=no_adaptation,all,last',
+           '--config.lrs=1e-3', '--config.last_lrs=1e-2', '--config.epochs=2',
+           '--config.batch_size=16', '--config.eval_batch_size=16',
+           '--config.tune_per_class=3', '--config.val_per_class=2']
+  single = _run(flags, str(root / 'one'), 1, 4)
+  return flags, root, single
+
+
+def test_two_processes_match_one_process_on_the_same_devices(cifar):
+  flags, root, single = cifar
+  rows = _run(flags, str(root / 'two'), 2, 2)
+  _assert_same_rows(rows, single)
+  assert len(rows) == 3
+  # Process 0 alone wrote the outputs.
+  assert sorted(os.listdir(root / 'two')) == ['accuracy_by_method.png', 'config.json',
+                                              'metrics.jsonl', 'results.csv', 'summary.md']
+
+
+def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifar):
+  flags, root, single = cifar
+  workdir = str(root / 'killed')
+  procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=10'])
+  results = os.path.join(workdir, 'results.csv')
+  deadline = time.time() + 240
+  while not (os.path.exists(results) and len(_rows(workdir)) >= 1):
+    assert time.time() < deadline and procs[0].poll() is None, 'no row written'
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGKILL)
+  killed = time.time()
+  _, err = procs[0].communicate(timeout=120)
+  waited = time.time() - killed
+  procs[1].communicate()
+  assert procs[0].returncode == 1
+  assert waited <= 60, waited
+  last = err.strip().splitlines()[-1].split('\r')[-1]
+  assert 'error: process 1 of 2 stopped responding' in last, err[-2000:]
+  print(f'surviving process exited {waited:.1f} s after the kill')
+  done = len(_rows(workdir))
+  assert done < 3
+  _assert_same_rows(_run(flags, workdir, 2, 2), single)
+
+
+def test_living17_two_processes_match_one_process(tmp_path):
+  from tests.test_living17 import TINY, _write_tree
+  _write_tree(tmp_path / 'imagenet', {'train': 3, 'val': 1})
+  start = save_params(str(tmp_path / 'start'), models.create('resnet50', **TINY).init(1))
+  flags = ['--config=configs/living17.py', f'--config.data_dir={tmp_path / "imagenet"}',
+           f'--config.init_checkpoint={start}', '--config.model.resnet50.width=2',
+           '--config.model.resnet50.stage_sizes=1,1,1,1', '--config.methods=all,last',
+           '--config.seeds=0', '--config.lrs=1e-3', '--config.last_lrs=1e-2',
+           '--config.epochs=1', '--config.batch_size=8', '--config.eval_batch_size=16',
+           '--config.tune_per_class=2', '--config.val_per_class=1',
+           '--config.source_stage.head_epochs=1', '--config.source_stage.all_epochs=1',
+           '--config.source_stage.batch_size=8', '--config.source_stage.workers=0']
+  single = _run(flags, str(tmp_path / 'one'), 1, 4)
+  _assert_same_rows(_run(flags, str(tmp_path / 'two'), 2, 2), single)
