@@ -6,7 +6,7 @@
 `initialize` starts JAX's distributed runtime when the run spans several processes:
 from explicit arguments (`--coordinator_address`, `--num_processes`, `--process_id`),
 else the variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, else
-whatever cluster JAX detects (Cloud TPU, SLURM, Open MPI, Kubernetes). On CPU the
+whatever cluster JAX detects (Cloud TPU, SLURM, Open MPI). On CPU the
 collectives go through gloo.
 
 Every process then runs the same program on its own devices and its own input shard;
@@ -32,6 +32,9 @@ import numpy as np
 from surgery.errors import SurgeryError
 
 _WATCHDOG = {}
+# Clusters whose launchers start one process per host. Kubernetes is left out: a pod's
+# environment says nothing about whether its neighbours belong to this run.
+_AUTO_DETECTED = ('OmpiCluster', 'SlurmCluster', 'GceTpuCluster', 'GkeTpuCluster')
 
 
 def _cluster_detected() -> bool:
@@ -40,8 +43,10 @@ def _cluster_detected() -> bool:
   except ImportError:
     return False
   for cluster in getattr(clusters.ClusterEnv, '_cluster_types', ()):
+    if cluster.__name__ not in _AUTO_DETECTED:
+      continue
     try:
-      if not cluster.opt_in_only_method and cluster.is_env_present():
+      if cluster.is_env_present():
         return True
     except Exception:  # pylint: disable=broad-except  (a detector that cannot tell)
       continue

@@ -127,3 +127,21 @@ def test_living17_two_processes_match_one_process(tmp_path):
            '--config.source_stage.batch_size=8', '--config.source_stage.workers=0']
   single = _run(flags, str(tmp_path / 'one'), 1, 4)
   _assert_same_rows(_run(flags, str(tmp_path / 'two'), 2, 2), single)
+
+
+def test_initialize_is_a_no_op_alone_and_names_missing_settings(monkeypatch):
+  from surgery import distributed
+  from surgery.errors import SurgeryError
+  for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+              'OMPI_MCA_orte_hnp_uri', 'SLURM_JOB_ID'):
+    monkeypatch.delenv(var, raising=False)
+  distributed.initialize()  # a plain single-process run: nothing to join
+  distributed.initialize(num_processes=1)
+  with pytest.raises(SurgeryError, match='needs coordinator_address, num_processes and '
+                     'process_id'):
+    distributed.initialize(coordinator_address='127.0.0.1:1', num_processes=2)
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '5')
+  with pytest.raises(SurgeryError, match=r'process_id must be in \[0, 2\)'):
+    distributed.initialize(coordinator_address='127.0.0.1:1')
+  assert distributed.is_primary()
