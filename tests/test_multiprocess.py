@@ -58,6 +58,9 @@ def _rows(workdir):
 
 
 def _assert_same_rows(got, want):
+  for g, w in zip(got, want):  # side by side in the log (pytest -s)
+    print(f"{g['method']:14s} lr={g['lr']:7s} epoch {w['best_epoch']}/{g['best_epoch']}  "
+          f"test_acc one process {float(w['test_acc']):.4f}  two {float(g['test_acc']):.4f}")
   assert [[r[c] for c in COMPARED] for r in got] == [[r[c] for c in COMPARED] for r in want]
   for g, w in zip(got, want):  # all-reduce order may differ: within one test example
     n = int(w['n_test'])
