@@ -1,6 +1,7 @@
 """Multi-process runs as on a TPU pod, here two local CPU processes with two devices each
-(gloo collectives, coordinator on 127.0.0.1): the same rows as one process with four
-devices, one line and a clean exit when a process dies, and a resume that loses nothing."""
+(gloo collectives, coordinator on 127.0.0.1): one line and a clean exit when a process
+dies, a resume that loses nothing, and the same rows as one process with four devices
+(the tiny CIFAR-10-C and Living-17 configs)."""
 import csv
 import os
 import signal
@@ -82,20 +83,10 @@ def cifar(tmp_path_factory):
   return flags, root, single
 
 
-def test_two_processes_match_one_process_on_the_same_devices(cifar):
-  flags, root, single = cifar
-  rows = _run(flags, str(root / 'two'), 2, 2)
-  _assert_same_rows(rows, single)
-  assert len(rows) == 3
-  # Process 0 alone wrote the outputs.
-  assert sorted(os.listdir(root / 'two')) == ['accuracy_by_method.png', 'config.json',
-                                              'metrics.jsonl', 'results.csv', 'summary.md']
-
-
 def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifar):
   flags, root, single = cifar
   workdir = str(root / 'killed')
-  procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=10'])
+  procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=5'])
   results = os.path.join(workdir, 'results.csv')
   deadline = time.time() + 240
   while not (os.path.exists(results) and len(_rows(workdir)) >= 1):
@@ -111,9 +102,13 @@ def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifa
   last = err.strip().splitlines()[-1].split('\r')[-1]
   assert 'error: process 1 of 2 stopped responding' in last, err[-2000:]
   print(f'surviving process exited {waited:.1f} s after the kill')
-  done = len(_rows(workdir))
-  assert done < 3
+  assert len(_rows(workdir)) < 3
+  # Resumed, every row (those before the kill too) equals the one-process run's: two
+  # processes on 2 + 2 devices compute what one process does on 4.
   _assert_same_rows(_run(flags, workdir, 2, 2), single)
+  assert len(single) == 3
+  assert sorted(os.listdir(workdir)) == ['accuracy_by_method.png', 'config.json',
+                                         'metrics.jsonl', 'results.csv', 'summary.md']
 
 
 def test_living17_two_processes_match_one_process(tmp_path):
