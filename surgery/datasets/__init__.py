@@ -35,6 +35,7 @@ _REGISTRY = {
     'entity30': 'surgery.datasets.subpop',
     'entity13': 'surgery.datasets.subpop',
     'nonliving26': 'surgery.datasets.subpop',
+    'imagenet_c': 'surgery.datasets.imagenet_c',
 }
 
 
