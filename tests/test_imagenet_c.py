@@ -164,6 +164,16 @@ def test_tfds_reader(tfds_root, tmp_path):
                  DataNotFoundError)
 
 
+def test_tfds_layout_through_the_dataset(tfds_root, class_index_file):
+  ds = dataset(tfds_root, class_index_file, source_layout='tfds', corruptions=('gaussian_noise',),
+               tune_per_class=1, val_per_class=1)
+  assert ds.shift_names() == ['gaussian_noise'] and ds.source_layout == 'tfds'
+  sets = ds.target_sets('gaussian_noise', seed=0)
+  assert [len(labels) for _, labels in sets] == [4, 4, 4]
+  assert all(sorted(labels.tolist()) == [0, 1, 8, 9] for _, labels in sets)
+  assert sets[2][0].shape == (4, 224, 224, 3)
+
+
 def test_tfds_reading_never_imports_tensorflow(tfds_root):
   script = textwrap.dedent(f"""
       import importlib.abc, importlib.util, sys
