@@ -38,9 +38,8 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
-from surgery.data.imagenet import (IMAGE_SUFFIXES, TfdsImagenetSource, _has_format, _lookup,
-                                   _tfds_versions, list_split)
-from surgery.data.sources import _index_in
+from surgery.data.imagenet import (IMAGE_SUFFIXES, ImageFolderSource, TfdsImagenetSource,
+                                   _has_format, _lookup, _tfds_versions, list_split)
 from surgery.errors import SurgeryError
 
 DATA_SUBDIR = 'imagenet-c'
@@ -158,16 +157,17 @@ def _class_index_for(wnids, class_index: Optional[Mapping[str, int]], where: str
 
 # ---------------------------------------------------------------------------- sources
 
-class ReleaseFolderSource:
+class ReleaseFolderSource(ImageFolderSource):
   """`<root>/<corruption>/<severity>/<wnid>/*.JPEG` as examples {'encoded', 'label',
   'class_index'}, label = class index. File lists are cached like ImageNet's
   (`surgery.data.imagenet.list_split`).
 
   Attributes: `wnids` (sorted), `labels` and `class_indices` (int64, one per example).
+  Reading is ImageFolderSource's, over the severity folder instead of a split folder.
   """
 
-  def __init__(self, severity_dir, *, class_index=None, cache=None):
-    self.severity_dir = os.path.abspath(str(severity_dir))
+  def __init__(self, severity_dir, *, class_index=None, cache=None):  # pylint: disable=super-init-not-called
+    self.severity_dir = self.split_dir = os.path.abspath(str(severity_dir))
     if not _has_wnid_folder(self.severity_dir):
       raise DataNotFoundError(f'no <wnid>/ folders in {self.severity_dir}')
     with os.scandir(self.severity_dir) as entries:
@@ -179,19 +179,6 @@ class ReleaseFolderSource:
                               f'{self.severity_dir}/<wnid>/')
     self.class_indices = np.repeat(_lookup(class_index, self.wnids, 'the class index'), counts)
     self.labels = self.class_indices
-
-  def __len__(self) -> int:
-    return len(self._names)
-
-  def path(self, i) -> str:
-    return os.path.join(self.severity_dir, self._names[_index_in(i, len(self))])
-
-  def __getitem__(self, i) -> dict:
-    i = _index_in(i, len(self))
-    with open(os.path.join(self.severity_dir, self._names[i]), 'rb') as f:
-      encoded = f.read()
-    label = int(self.labels[i])
-    return {'encoded': encoded, 'label': label, 'class_index': label}
 
   def __repr__(self) -> str:
     return (f'ReleaseFolderSource({len(self)} images of {len(self.wnids)} wnids in '
