@@ -1,8 +1,9 @@
 """One fine-tuning run (paper Section 2.1 protocol), for any model, dataset and method.
 
 Fine-tune the source model on the labelled target tune set, evaluate the validation
-metrics after every epoch, keep the parameters of the best epoch on
-`config.select_metric`, and evaluate them once on the target test set.
+metrics after every epoch, keep the parameters of the best epoch on the plan's
+selection metric (`config.select_metric`, else the dataset's), and evaluate them once
+on the target test set.
 """
 import math
 
@@ -37,9 +38,9 @@ def make_optimizer(config, method, lr, mask, ctx: Context):
 class Finetuner:
   """Runs one fine-tuning run at a time, reusing compiled steps across runs."""
 
-  def __init__(self, model_spec, config, mesh=None):
+  def __init__(self, model_spec, config, mesh=None, metric='acc', domain_names=()):
     self.spec, self.config, self.mesh = model_spec, config, mesh
-    self.metric = config.get('select_metric', 'acc')
+    self.metric, self.domain_names = metric, tuple(domain_names)
     self.bn_mode = config.model.get('bn_mode', 'eval')
     self.predict = surgery.make_predict(model_spec.module, mesh)
     self._steps = {}
@@ -79,7 +80,8 @@ class Finetuner:
     images, labels = data[0], data[1]
     preds = surgery.train.predictions(self.predict, params, model_state, images,
                                       self.config.eval_batch_size, self.mesh)
-    return compute_metrics(preds, labels, *data[2:])
+    groups, domains = (tuple(data[2:4]) + (None, None))[:2]
+    return compute_metrics(preds, labels, groups, domains, self.domain_names)
 
   def run(self, params, model_state, method, lr, seed, tune, val, test, desc='', hparam=None):
     """Returns (row fields, per-epoch history, Auto-RGN weights per epoch or None)."""

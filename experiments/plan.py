@@ -26,6 +26,9 @@ from surgery.optim import BASE_OPTIMIZERS
 NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'corruptions',
                      'tune_sizes', 'methods', 'seeds', 'lrs', 'last_lrs', 'l1_sp.lambdas',
                      'auto_snr.thresholds', 'select_metric')
+# (select_metric does change a run, since it picks the epoch: `make_plan` adds the
+# resolved metric to the result fields when it is not 'acc', so rows made before it
+# was recorded keep their fingerprints.)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Plan:
   runs: list
   result_fields: dict
   fingerprint: str
+  select_metric: str = 'acc'  # picks the epoch, the lr and Cross-Val
 
   def method(self, name):
     return registry.resolve(name, self.model)
@@ -167,7 +171,8 @@ def make_plan(config) -> Plan:
     raise SurgeryError(f'model.num_classes is {model.num_classes} but dataset '
                        f'{config.get("dataset", "cifar10")} has {dataset.num_classes} classes')
   _check_training_fields(config)
-  metric = config.get('select_metric', 'acc')
+  # '' means the dataset's own (worst-group accuracy for the group datasets).
+  metric = config.get('select_metric') or getattr(dataset, 'select_metric', 'acc')
   _one_of(metric, 'select_metric', dataset.metrics)
   shifts = dataset.shift_names(model.groups)
   valid = registry.names(model)
@@ -201,7 +206,10 @@ def make_plan(config) -> Plan:
           for hp in _hparam_grid(config, method):
             runs.append(Run(shift, name, lr, seed, hp))
   fields = result_fields(config)
-  return Plan(config, model, dataset, shifts, methods, seeds, runs, fields, fingerprint(fields))
+  if metric != 'acc':
+    fields['select_metric'] = metric
+  return Plan(config, model, dataset, shifts, methods, seeds, runs, fields, fingerprint(fields),
+              metric)
 
 
 def _hparam_grid(config, method) -> list:

@@ -366,9 +366,9 @@ def cross_val_rows(rows, candidates, name='cross_val', metric=DEFAULT_METRIC):
           for _, r in sorted(best.items(), key=lambda kv: (kv[0][0], _seed_order(kv[0][1])))]
 
 
-def summarize(rows, methods, shifts, metric=DEFAULT_METRIC):
-  """({method: {shift: (mean, se)}} of test_<metric> over seeds, `select_lr` picks);
-  lr and hparam are chosen on val_<metric>."""
+def summarize(rows, methods, shifts, metric=DEFAULT_METRIC, report=None):
+  """({method: {shift: (mean, se)}} of test_<report> over seeds, `select_lr` picks);
+  lr and hparam are chosen on val_<metric>; `report` defaults to `metric`."""
   chosen = select_lr(rows, metric)
   table = {}
   for m in methods:
@@ -376,7 +376,7 @@ def summarize(rows, methods, shifts, metric=DEFAULT_METRIC):
     for s in shifts:
       runs = chosen.get((s, m))
       if runs:
-        table[m][s] = _mean_se([_test(r, metric) for r in runs])
+        table[m][s] = _mean_se([_test(r, report or metric) for r in runs])
   return table, chosen
 
 
@@ -443,27 +443,40 @@ def _chosen_lines(chosen, methods, shifts):
   return lines
 
 
-def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_PROTOCOL,
-                     show_lrs=True, metric=DEFAULT_METRIC):
-  """(summary.md text, `summarize` table): test_<metric> per method and shift, the
-  average, the fractional average rank, and the chosen settings."""
-  table, chosen = summarize(rows, methods, shifts, metric)
+def _table_lines(table, methods, shifts):
   ranks = average_ranks(table, methods, shifts)
-  seeds = sorted({str(r['seed']) for r in rows}, key=_seed_order)
-  label = _metric_label(metric)
-  lines = [f'# {title}', '',
-           f'Test {label} (%), mean ± standard error over seeds {", ".join(seeds)}; '
-           f'{protocol}' + (f' Selection on val_{metric}, table of test_{metric}.'
-                            if metric != DEFAULT_METRIC else ''), '']
   header = ['method'] + list(shifts) + ['avg', 'avg rank']
-  lines.append('| ' + ' | '.join(header) + ' |')
-  lines.append('|' + '---|' * len(header))
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for m in methods:
     vals = [table[m].get(s) for s in shifts]
     present = [v[0] for v in vals if v is not None]
     avg = (_mean(present), float('nan')) if len(present) == len(shifts) and present else None
     rank = f'{ranks[m]:.2f}' if m in ranks else '–'
     lines.append('| ' + ' | '.join([m] + [_cell(v) for v in vals] + [_cell(avg), rank]) + ' |')
+  return lines
+
+
+def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_PROTOCOL,
+                     show_lrs=True, metric=DEFAULT_METRIC, also=()):
+  """(summary.md text, `summarize` table): test_<metric> per method and shift, the
+  average, the fractional average rank, and the chosen settings; then, for each metric
+  in `also` that the rows hold (e.g. `acc` beside `worst_group_acc`), the same table of
+  that test metric for the same selected runs."""
+  table, chosen = summarize(rows, methods, shifts, metric)
+  seeds = sorted({str(r['seed']) for r in rows}, key=_seed_order)
+  label = _metric_label(metric)
+  lines = [f'# {title}', '',
+           f'Test {label} (%), mean ± standard error over seeds {", ".join(seeds)}; '
+           f'{protocol}' + (f' Selection on val_{metric}, table of test_{metric}.'
+                            if metric != DEFAULT_METRIC else ''), '']
+  lines += _table_lines(table, methods, shifts)
+  for other in also:
+    if other == metric or not any(r.get(f'test_{other}') not in (None, '') for r in rows):
+      continue
+    lines += ['', f'Test {_metric_label(other)} (%) of the same runs (selected on '
+                  f'val_{metric}):', '']
+    lines += _table_lines(summarize(rows, methods, shifts, metric, report=other)[0],
+                          methods, shifts)
   if show_lrs:
     picks = _chosen_lines(chosen, methods, shifts)
     if picks:

@@ -55,7 +55,8 @@ def train_and_evaluate(config, workdir):
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
-  runner = finetune.Finetuner(plan.model, config, mesh)
+  runner = finetune.Finetuner(plan.model, config, mesh, plan.select_metric,
+                              getattr(plan.dataset, 'domain_names', ()))
 
   with tqdm(total=len(plan.runs), initial=len(plan.runs) - len(todo), unit='run', desc='sweep') as bar:
     for shift in plan.shifts:
@@ -71,7 +72,8 @@ def train_and_evaluate(config, workdir):
           table.add(row)
           bar.write(f'{shift:18s} {run.method:13s} lr={run.lr:<7g}{run.hparam:>16s} seed={seed} '
                     f'epoch={row["best_epoch"]:2d} val={row["val_acc"]:.4f} '
-                    f'test={row["test_acc"]:.4f} ({row["seconds"]:.0f}s)')
+                    f'test={row["test_acc"]:.4f}' + _selection_metric_text(plan, row)
+                    + f' ({row["seconds"]:.0f}s)')
           bar.update()
           if primary:
             write_outputs(workdir, table.rows, plan)
@@ -106,6 +108,13 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
   return row
 
 
+def _selection_metric_text(plan, row):
+  m = plan.select_metric
+  if m == 'acc' or f'val_{m}' not in row:
+    return ''
+  return f' val_{m}={row[f"val_{m}"]:.4f} test_{m}={row[f"test_{m}"]:.4f}'
+
+
 def _save_rgn_weights(workdir, shift, lr, seed, per_epoch):
   """Auto-RGN weights per tensor per epoch, for the paper's Figure 6."""
   names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(per_epoch[0])]
@@ -116,7 +125,7 @@ def _save_rgn_weights(workdir, shift, lr, seed, per_epoch):
 
 
 def write_outputs(workdir, rows, plan):
-  config, metric = plan.config, plan.config.get('select_metric', 'acc')
+  config, metric = plan.config, plan.select_metric
   methods, shifts = plan.methods, plan.shifts
   rows = list(rows)
   if 'cross_val' in methods:
@@ -125,7 +134,8 @@ def write_outputs(workdir, rows, plan):
   shown = [m for m in methods if any(r['method'] == m for r in rows)]
   title = config.get('title') or f'{plan.model.name} fine-tuning'
   extra = []
-  text, table = results_lib.markdown_summary(rows, shown, shifts, title, metric=metric)
+  text, table = results_lib.markdown_summary(rows, shown, shifts, title, metric=metric,
+                                             also=getattr(plan.dataset, 'metrics', ()))
   if shown:
     results_lib.plot_accuracy_by_method(table, shown, shifts,
                                         os.path.join(workdir, 'accuracy_by_method.png'), title)

@@ -74,4 +74,8 @@ def test_dataset_registry_and_metrics():
   groups = np.array([0, 0, 1, 1, 2, 2])  # group accuracies 1, 0.5, 0.5
   domains = np.array([0, 0, 0, 1, 1, 1])  # domain accuracies 2/3, 2/3
   got = compute_metrics(preds, labels, groups, domains, ('a', 'b'))
-  assert got == pytest.approx({'acc': 4 / 6, 'worst_group_acc': 0.5, 'acc_a': 2 / 3, 'acc_b': 2 / 3})
+  assert got == pytest.approx({'acc': 4 / 6, 'group_balanced_acc': 2 / 3, 'worst_group_acc': 0.5,
+                               'acc_a': 2 / 3, 'acc_b': 2 / 3})
+  # Unequal groups: balanced accuracy weighs each group once, plain accuracy each image.
+  got = compute_metrics([0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1])
+  assert got == pytest.approx({'acc': 0.5, 'group_balanced_acc': 1 / 3, 'worst_group_acc': 0.0})

@@ -147,6 +147,12 @@ def test_selection_and_table_use_the_named_metric():
                                      metric='worst_group_acc')
   assert 'Test worst group acc (%)' in text and 'val_worst_group_acc' in text
   assert '| all | 45.0 |' in text and '| cross_val | 55.0 |' in text
+  # The average accuracy of the same picks (all: lr 0.001; Cross-Val: last lr 0.01).
+  text, _ = results.markdown_summary(rows + cv, ['all', 'cross_val'], ['waterbirds'], 'T',
+                                     metric='worst_group_acc', also=('acc', 'worst_group_acc'))
+  other = text.split('Test accuracy (%) of the same runs (selected on val_worst_group_acc)')[1]
+  assert '| all | 80.0 |' in other and '| cross_val | 84.0 |' in other
+  assert text.count('of the same runs') == 1
 
 
 OLD_FILE = """\

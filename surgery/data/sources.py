@@ -149,3 +149,74 @@ def to_arrays(source, indices: Optional[np.ndarray] = None) -> dict:
   out = {'image': arrays.images[positions], 'label': arrays.labels[positions].astype(np.int32)}
   out.update({key: values[positions].astype(np.int32) for key, values in arrays.columns.items()})
   return out
+
+
+class LazyImages:
+  """A read-only uint8 [n, H, W, C] array-like over `source` examples at `indices`,
+  decoded (through `transform`, e.g. an EvalTransform) only when sliced.
+
+  For target test sets too large to hold decoded (Camelyon17's 85,054 OOD patches at
+  224 px would take 12.8 GB): evaluation reads them a batch at a time. Each access
+  decodes again; Pillow releases the GIL, so slices decode on `threads` threads.
+
+      images = LazyImages(pool, split.test, EvalTransform())
+      batch = images[0:256]          # uint8 [256, H, W, C]
+  """
+
+  def __init__(self, source, indices=None, transform=None, threads: int = 8):
+    self.source = source
+    self.indices = (np.arange(len(source), dtype=np.int64) if indices is None
+                    else _positions(indices, len(source)))
+    if self.indices.size == 0:
+      raise SurgeryError('LazyImages needs at least one example, got none')
+    self.transform = transform
+    self.threads = max(1, int(threads))
+    first = self._image(0)
+    self.shape = (len(self.indices),) + first.shape
+    self.dtype = first.dtype
+    self.ndim = len(self.shape)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def _image(self, position: int) -> np.ndarray:
+    example = self.source[int(self.indices[position])]
+    if self.transform is not None:
+      example = self.transform(example)
+    image = np.asarray(example['image'])
+    if image.dtype != np.uint8 or image.ndim != 3:
+      raise SurgeryError(f'example {int(self.indices[position])} decodes to {image.dtype} '
+                         f'{image.shape}, not a uint8 [H, W, C] image')
+    return image
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, (int, np.integer)):
+      return self._image(_index_in(key, len(self)))
+    positions = (np.arange(len(self))[key] if isinstance(key, slice)
+                 else _positions(key, len(self)))
+    out = np.empty((len(positions),) + self.shape[1:], np.uint8)
+    if len(positions) == 0:
+      return out
+
+    def fill(k):
+      image = self._image(int(positions[k]))
+      if image.shape != out.shape[1:]:
+        raise SurgeryError(f'example {int(self.indices[positions[k]])} decodes to '
+                           f'{image.shape}, not {out.shape[1:]} like the first')
+      out[k] = image
+
+    if self.threads == 1 or len(positions) == 1:
+      for k in range(len(positions)):
+        fill(k)
+    else:
+      import concurrent.futures
+      with concurrent.futures.ThreadPoolExecutor(min(self.threads, len(positions))) as pool:
+        list(pool.map(fill, range(len(positions))))
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+  def __repr__(self) -> str:
+    return f'LazyImages({self.shape}, of {self.source!r})'

@@ -36,6 +36,10 @@ _REGISTRY = {
     'entity13': 'surgery.datasets.subpop',
     'nonliving26': 'surgery.datasets.subpop',
     'imagenet_c': 'surgery.datasets.imagenet_c',
+    'waterbirds': 'surgery.datasets.spurious',
+    'celeba': 'surgery.datasets.spurious',
+    'camelyon17': 'surgery.datasets.wilds',
+    'fmow': 'surgery.datasets.wilds',
 }
 
 
