@@ -145,6 +145,9 @@ def write_outputs(workdir, rows, plan):
       extra += ['## Accuracy (%) against the number of labelled target examples', '',
                 'Mean over the base shifts; see data_efficiency.png.', '',
                 figures.data_efficiency_markdown(means), '']
+    report = getattr(plan.dataset, 'report', None)  # a dataset's own figures (mCE)
+    if report is not None and metric == 'acc':
+      extra += report(table, shown, shifts)
     panels = _plot_rgn(workdir, rows, shifts, plan.model.groups, metric)
     if panels:
       extra += ['## Auto-RGN weights accumulated over training (Fig. 6)', '',

@@ -323,8 +323,22 @@ def test_config_runs_end_to_end_on_the_released_layout(root, tmp_path, monkeypat
       (c, m) for c in CORRUPTIONS for m in ('no_adaptation', 'first_layer', 'all')}
   assert all((r['n_tune'], r['n_val'], r['n_test']) == ('8', '4', '12') for r in rows)
   with open(os.path.join(workdir, 'summary.md')) as f:
-    assert 'ImageNet-C (severity 5, images: release)' in f.read()
+    summary = f.read()
+  assert 'ImageNet-C (severity 5, images: release)' in summary
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['source_layout'] == 'release'
+  # summary.md's mCE of `all` is the mCE of its test errors (one seed: the rows').
   errors = {r['shift']: 1 - float(r['test_acc']) for r in rows if r['method'] == 'all'}
-  assert mce(errors, complete=False) > 0
+  assert f'| all | {mce(errors, complete=False):.1f} |' in summary.split('## mCE')[1]
+  assert 'not comparable to a full mCE' in summary
+
+
+def test_mce_table_over_all_fifteen_corruptions():
+  from surgery.datasets.imagenet_c import mce_markdown
+  alexnet = {c: (1 - e, float('nan')) for c, e in ALEXNET_ERRORS.items()}
+  half = {c: (1 - e / 2, float('nan')) for c, e in ALEXNET_ERRORS.items()}
+  lines = mce_markdown({'a': alexnet, 'b': half, 'c': {}}, ['a', 'b', 'c'],
+                       list(ALEXNET_ERRORS))
+  assert '| a | 100.0 |' in lines and '| b | 50.0 |' in lines
+  assert not any(line.startswith('| c |') for line in lines)
+  assert any('all 15 corruptions' in line for line in lines)

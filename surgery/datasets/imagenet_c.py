@@ -210,6 +210,32 @@ class ImageNetC:
   def perturb(self, shift, params, groups):
     return params
 
+  def report(self, table, methods, shifts) -> list:
+    """summary.md lines: each method's mCE (paper Table 6) from its mean test accuracy
+    per corruption; over the corruptions present when not all 15 are."""
+    return mce_markdown(table, methods, shifts, self.severity)
+
+
+def mce_markdown(table, methods, shifts, severity: int = 5) -> list:
+  """Lines of an mCE table; `table` is {method: {corruption: (mean acc, se)}}."""
+  known = [s for s in shifts if s in ALEXNET_ERRORS]
+  complete = set(ALEXNET_ERRORS) <= set(known)
+  lines = []
+  for m in methods:
+    accs = {s: table[m][s][0] for s in known if s in table.get(m, {})}
+    if accs and len(accs) == len(known):
+      value = mce({s: 1.0 - a for s, a in accs.items()}, complete=complete)
+      lines.append(f'| {m} | {value:.1f} |')
+  if not lines:
+    return []
+  scope = ('all 15 corruptions' if complete else
+           f'{len(known)} of the 15 corruptions only ({", ".join(known)}): not comparable '
+           'to a full mCE')
+  return ['## mCE (%, lower is better; paper Table 6)', '',
+          f'Severity-{severity} top-1 error over AlexNet\'s error averaged over severities '
+          f'1-5, per corruption, averaged over {scope}; from the mean test accuracy above.', '',
+          '| method | mCE |', '|---|---|'] + lines + ['']
+
 
 def _decode(target: Decoded, indices: np.ndarray) -> tuple:
   """(images, int32 labels) of `indices`, decoded on threads: the 50,000 JPEGs of a
