@@ -15,7 +15,7 @@ from tqdm import tqdm
 import surgery
 from surgery.datasets import compute_metrics
 from surgery.errors import SurgeryError
-from surgery.groups import assign_groups, path_str, trainable_mask
+from surgery.groups import assign_groups, group_names, path_str, trainable_mask
 from surgery.methods.auto_snr import set_snr_weights, snr_weights
 from surgery.methods.registry import Context
 from surgery.models.batchnorm import tuned_norm_layers
@@ -44,6 +44,9 @@ class Finetuner:
     self.bn_mode = config.model.get('bn_mode', 'eval')
     self.predict = surgery.make_predict(model_spec.module, mesh)
     self._steps = {}
+    self._predicts = {0: self.predict}  # cut -> predict from that boundary on
+    self._prefix = {}  # the current target sets' frozen-prefix activations, per cut
+    self._prefix_of = None  # (objects the cache was computed from)
 
   def _module(self, mask, model_state):
     """The module for training: BatchNorm layers in eval mode unless tuned under
@@ -76,9 +79,41 @@ class Finetuner:
                                    surgery.train.to_float_images(x[None]), train=False)[0]
     return surgery.train.cross_entropy(logits, y[None])
 
-  def metrics(self, params, model_state, data):
+  # -- frozen-prefix reuse ----------------------------------------------------------
+  def _cut(self, mask, method) -> int:
+    """The group boundary up to which everything is frozen (0: none), where the model
+    can be cut there and the prefix's output depends only on the input: frozen layers
+    run in eval mode, target sets are not augmented, and no method hook needs the whole
+    model. One process only (the activations are gathered on the host)."""
+    if (not self.spec.cuts or not self.config.get('reuse_frozen_prefix', True)
+        or method.before_epoch or jax.process_count() > 1):
+      return 0
+    names = group_names(self.spec.groups)
+    labels = assign_groups(mask, self.spec.groups)
+    tuned = {g for g, m in zip(jax.tree_util.tree_leaves(labels),
+                               jax.tree_util.tree_leaves(mask)) if m}
+    return min((names.index(g) for g in tuned), default=0)
+
+  def _predict_at(self, cut: int):
+    if cut not in self._predicts:
+      self._predicts[cut] = surgery.make_predict(self.spec.module.clone(start=cut), self.mesh)
+    return self._predicts[cut]
+
+  def _prefix_sets(self, cut, params, model_state, sets):
+    """`sets` with each image array replaced by its boundary-`cut` activations
+    (float32), computed once per target sets, start parameters and cut."""
+    sources = (params, model_state) + tuple(d[0] for d in sets)
+    if self._prefix_of is None or any(a is not b for a, b in zip(self._prefix_of, sources)):
+      self._prefix, self._prefix_of = {}, sources  # new target sets: drop the old ones
+    if cut not in self._prefix:
+      head = surgery.make_predict(self.spec.module.clone(stop=cut), self.mesh)
+      self._prefix[cut] = [_outputs(head, params, model_state, d[0],
+                                    self.config.eval_batch_size, self.mesh) for d in sets]
+    return tuple((x,) + tuple(d[1:]) for x, d in zip(self._prefix[cut], sets))
+
+  def metrics(self, params, model_state, data, predict=None):
     images, labels = data[0], data[1]
-    preds = surgery.train.predictions(self.predict, params, model_state, images,
+    preds = surgery.train.predictions(predict or self.predict, params, model_state, images,
                                       self.config.eval_batch_size, self.mesh)
     groups, domains = (tuple(data[2:4]) + (None, None))[:2]
     return compute_metrics(preds, labels, groups, domains, self.domain_names)
@@ -94,8 +129,14 @@ class Finetuner:
                   cfg.get(method.section) if method.section else None, hparam)
     tx = make_optimizer(cfg, method, lr, mask, ctx)
     module, bn_train = self._module(mask, model_state)
+    cut = self._cut(mask, method)
+    if cut:  # train and evaluate from the frozen prefix's activations
+      tune, val, test = self._prefix_sets(cut, params, model_state, (tune, val, test))
+      x_tune = tune[0]
+      module = module.clone(start=cut)
+    predict = self._predict_at(cut)
     extra_loss = method.extra_loss(params, hparam) if method.extra_loss else None
-    step = self._step((method.name, steps_per_epoch, module.bn_train_layers
+    step = self._step((method.name, steps_per_epoch, cut, module.bn_train_layers
                        if hasattr(module, 'bn_train_layers') else None), module, tx, extra_loss)
     self._snr_model_state = model_state
     state = surgery.replicate(self.mesh, surgery.init_train_state(params, tx, model_state))
@@ -121,7 +162,7 @@ class Finetuner:
         state, metrics = step(state, x, y, w)
         step_metrics.append(metrics)
       _check_finite(step_metrics, names, (epoch - 1) * steps_per_epoch)
-      val_metrics = self.metrics(state.params, state.model_state, val)
+      val_metrics = self.metrics(state.params, state.model_state, val, predict)
       losses = jax.device_get([m['loss'] for m in step_metrics])
       accs = jax.device_get([m['accuracy'] for m in step_metrics])
       history.append({'epoch': epoch, 'train_loss': float(losses[-1]),
@@ -134,10 +175,24 @@ class Finetuner:
       if val_metrics[self.metric] > best_val:
         best_val, best_epoch, best_metrics = val_metrics[self.metric], epoch, val_metrics
         best = jax.device_get((state.params, state.model_state))
-    test_metrics = self.metrics(best[0], best[1], test)
+    test_metrics = self.metrics(best[0], best[1], test, predict)
     fields = dict(best_epoch=best_epoch, **{f'val_{k}': v for k, v in best_metrics.items()},
                   **{f'test_{k}': v for k, v in test_metrics.items()})
     return fields, history, (rgn_weights or None)
+
+
+def _outputs(apply, params, model_state, images, batch_size, mesh) -> np.ndarray:
+  """`apply` over `images` in fixed-size batches (the last padded), gathered on the host."""
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  out = []
+  for start in range(0, len(images), batch_size):
+    x = np.asarray(images[start:start + batch_size])
+    real = len(x)
+    if real < batch_size:
+      x = np.concatenate([x, np.zeros((batch_size - real,) + x.shape[1:], x.dtype)])
+    out.append(np.asarray(apply(params, model_state, surgery.shard_batch(mesh, x)))[:real])
+  return np.concatenate(out)
 
 
 def _check_finite(step_metrics, names, first_step):

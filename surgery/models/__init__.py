@@ -15,6 +15,12 @@ the model surgically without knowing which model it is:
   spec.load(path)    the variables dict ({'params': ...} plus 'batch_stats' where the
                      model has them) from any checkpoint the model accepts
   spec.init(seed)    freshly initialised variables
+  spec.cuts          True if the module can run part of the network: with attributes
+                     `start` and `stop` (group boundaries: boundary k is the input of
+                     spec.groups[k], 0 the image, len(groups) the logits),
+                     `module.clone(stop=k)` returns boundary k's activations and
+                     `module.clone(start=k)` takes them as its input. The fine-tuner
+                     then computes a frozen prefix once per target set.
 
 Only a model's own module names its groups.
 """
@@ -48,6 +54,7 @@ class ModelSpec:
   num_classes: int
   load: Callable[[str], dict]
   head_methods: tuple = ()
+  cuts: bool = False  # the module takes `start`/`stop` group boundaries (see above)
   # Optional extra group maps for other protocols (e.g. MEMO's finer first block):
   # name -> (groups, {option: group spec}).
   extra_group_maps: Mapping[str, tuple] = dataclasses.field(default_factory=dict)

@@ -99,6 +99,11 @@ class ResNet26(nn.Module):
   bn_train_layers: Optional[Sequence[str]] = ()
   mean: Sequence[float] = (0.5, 0.5, 0.5)
   std: Sequence[float] = (0.5, 0.5, 0.5)
+  # Group boundaries (see surgery.models: `cuts`): boundary k is the input of GROUPS[k].
+  # The module reads boundary `start`'s activations and returns boundary `stop`'s, so a
+  # frozen prefix can be computed once and only the rest trained.
+  start: int = 0
+  stop: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -110,13 +115,23 @@ class ResNet26(nn.Module):
     else:
       raise ValueError(f"norm_type must be 'group' or 'batch', got {self.norm_type!r}")
     blocks = (self.depth - 2) // 6
-    x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
-    x = _conv3x3(16, name='stem')(x)
-    for s, (features, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-      x = Stage(features * self.width, stride, blocks, norm, name=f'stage{s}')(x)
-    x = nn.relu(norm(name='final_norm')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name='head')(x)
+
+    def stem(x):
+      x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+      return _conv3x3(16, name='stem')(x)
+
+    def stage(s, features, stride):
+      return lambda x: Stage(features * self.width, stride, blocks, norm, name=f'stage{s}')(x)
+
+    def head(x):
+      x = nn.relu(norm(name='final_norm')(x))
+      return nn.Dense(self.num_classes, name='head')(jnp.mean(x, axis=(1, 2)))
+
+    layers = (stem, stage(1, 16, 1), stage(2, 32, 2), stage(3, 64, 2), head)  # = GROUPS
+    stop = len(layers) if self.stop is None else self.stop
+    for k in range(self.start, stop):
+      x = layers[k](x)
+    return x
 
 
 def create(num_classes: int = 10, width: int = 1, depth: int = 26, norm: str = 'group',
@@ -135,7 +150,7 @@ def create(num_classes: int = 10, width: int = 1, depth: int = 26, norm: str = '
   module = ResNet26(num_classes=num_classes, width=width, depth=depth, norm_type=norm)
   spec = ModelSpec(
       name='resnet26', module=module, groups=GROUPS, methods=METHODS, image_size=32,
-      num_classes=num_classes, load=None, head_methods=('last',),
+      num_classes=num_classes, load=None, head_methods=('last',), cuts=True,
       extra_group_maps={'memo': (MEMO_GROUPS, MEMO_OPTIONS)},
       overrides=dict(num_classes=num_classes, width=width, depth=depth, norm=norm))
   import dataclasses

@@ -1,0 +1,84 @@
+"""Frozen-prefix reuse: training from cached activations of the frozen layers gives the
+same parameters, curves and picks as training the whole model on images."""
+import jax
+import numpy as np
+import optax
+import pytest
+
+import surgery
+from configs import cifar10c
+from experiments import finetune
+from surgery import models
+from surgery.methods import registry
+
+SPEC = models.create('resnet26')
+
+
+def _images(n, seed):
+  rng = np.random.RandomState(seed)
+  labels = rng.randint(0, 10, n).astype(np.int32)
+  # Class-dependent colours plus noise: a few steps have something to learn.
+  images = np.clip(rng.normal(20 * labels[:, None, None, None], 50, (n, 32, 32, 3)), 0, 255)
+  return images.astype(np.uint8), labels
+
+
+@pytest.mark.parametrize('method, cut', [('last', 4), ('block3', 3), ('block2', 2)])
+def test_params_after_steps_match_the_uncached_step(method, cut):
+  variables = SPEC.init(0)
+  params = variables['params']
+  mask = surgery.trainable_mask(params, SPEC.groups, SPEC.methods[method])
+  tx = surgery.surgical(optax.adam(1e-2), mask)
+  x, y = _images(16, 0)
+  features = np.asarray(surgery.make_predict(SPEC.module.clone(stop=cut))(params, {}, x))
+  full = surgery.make_train_step(SPEC.module, tx)
+  part = surgery.make_train_step(SPEC.module.clone(start=cut), tx)
+  a = b = surgery.init_train_state(params, tx, {})
+  for i in range(5):
+    batch = slice(8 * (i % 2), 8 * (i % 2) + 8)
+    a, ma = full(a, x[batch], y[batch])
+    b, mb = part(b, features[batch], y[batch])
+    assert float(ma['loss']) == pytest.approx(float(mb['loss']), abs=1e-5)
+  moved = 0
+  for pa, pb, p0 in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params),
+                        jax.tree_util.tree_leaves(params)):
+    np.testing.assert_allclose(pa, pb, atol=1e-5, rtol=0)
+    moved += not np.array_equal(pa, p0)
+  assert moved > 0
+
+
+def _config(reuse):
+  c = cifar10c.get_config()
+  c.epochs, c.batch_size, c.eval_batch_size = 3, 16, 64
+  c.reuse_frozen_prefix = reuse
+  return c
+
+
+@pytest.mark.parametrize('method', ['last', 'block2'])
+def test_a_run_picks_the_same_epoch_and_scores_the_same(method):
+  variables = SPEC.init(1)
+  params = variables['params']
+  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
+  out = {}
+  for reuse in (False, True):
+    runner = finetune.Finetuner(SPEC, _config(reuse))
+    fields, history, _ = runner.run(params, {}, registry.resolve(method, SPEC), 1e-2, 0, *sets)
+    out[reuse] = fields, history, runner
+  (f0, h0, _), (f1, h1, runner) = out[False], out[True]
+  assert runner._prefix and not out[False][2]._prefix  # the cached path did run
+  assert f0['best_epoch'] == f1['best_epoch'] and f0['test_acc'] == f1['test_acc']
+  assert f0['val_acc'] == f1['val_acc']
+  for e0, e1 in zip(h0, h1):
+    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+
+
+def test_methods_that_tune_the_first_layer_or_use_hooks_run_uncached():
+  runner = finetune.Finetuner(SPEC, _config(True))
+  params = SPEC.init(0)['params']
+  for method, cut in (('all', 0), ('first_layer', 0), ('block1', 0), ('block2', 2),
+                      ('last', 4), ('auto_rgn', 0)):
+    m = registry.resolve(method, SPEC)
+    mask = surgery.trainable_mask(params, SPEC.groups, m.groups)
+    assert runner._cut(mask, m) == cut, method
+  off = finetune.Finetuner(SPEC, _config(False))
+  mask = surgery.trainable_mask(params, SPEC.groups, 'last')
+  assert off._cut(mask, registry.resolve('last', SPEC)) == 0
