@@ -1,6 +1,7 @@
 """MEMO throughput: adapted test images per second for each freezing option.
 
     python -m experiments.bench_memo [--model resnet26] [--images 30] [--rounds 3] [--copies 32]
+        [--flax_group_norm]
 
 One compiled adapt-then-predict call per image (32 augmented copies, one step), on
 random uint8 images, with the model at its default (pre-trained) size and each of the
@@ -8,7 +9,10 @@ MEMO options it declares (`extra_group_maps['memo']`), streamed by the runner's 
 `surgery.memo.adapt.run_stream`. Per option and mode it reports the median over rounds
 of the per-image time (the stream's first image untimed); options are
 measured in alternating rounds in this one process so machine noise hits them alike.
-The last line printed is one JSON object with every figure.
+The last line printed is one JSON object with every figure. `--flax_group_norm` also
+measures every setting with flax.linen.GroupNorm in place of the model's own
+(`surgery/models/group_norm.py`), in the same alternating rounds: the before/after of
+that change.
 """
 import argparse
 import json
@@ -29,6 +33,8 @@ def main(argv=None):
   parser.add_argument('--images', type=int, default=30, help='images per round')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--copies', type=int, default=adapt.NUM_COPIES)
+  parser.add_argument('--flax_group_norm', action='store_true',
+                      help='also time each setting with flax.linen.GroupNorm')
   args = parser.parse_args(argv)
   if args.images < 2 or args.rounds < 1 or args.copies < 1:
     parser.error('--images must be at least 2 (the first is not timed); --rounds and '
@@ -45,16 +51,23 @@ def main(argv=None):
   size = spec.image_size
   images = np.random.RandomState(0).randint(0, 256, (args.images, size, size, 3)).astype(np.uint8)
   first_key = adapt.image_keys(0, 1)[0]
+  modules = {'': spec.module}
+  if args.flax_group_norm:
+    if not hasattr(spec.module, 'group_norm'):
+      parser.error(f'{spec.name} has no GroupNorm to swap')
+    import flax.linen as nn
+    modules['flax_gn '] = spec.module.clone(group_norm=nn.GroupNorm)
   runners = {}
   for mode in adapt.MODES:
     for option in group_map[1]:
-      mask = adapt.memo_mask(params, option, group_map)
-      tx = adapt.memo_optimizer(mode, mask)
-      fn = adapt.make_adapt_predict(spec.module, tx, num_copies=args.copies,
-                                    model_state=model_state)
-      state = tx.init(params)
-      jax.block_until_ready(fn(params, state, images[0], first_key))  # compile
-      runners[f'{mode}/{option}'] = (fn, state, mode)
+      for label, module in modules.items():
+        mask = adapt.memo_mask(params, option, group_map)
+        tx = adapt.memo_optimizer(mode, mask)
+        fn = adapt.make_adapt_predict(module, tx, num_copies=args.copies,
+                                      model_state=model_state)
+        state = tx.init(params)
+        jax.block_until_ready(fn(params, state, images[0], first_key))  # compile
+        runners[f'{label}{mode}/{option}'] = (fn, state, mode)
 
   labels = np.zeros(args.images, np.int64)  # accuracy is not the point here
   times = {name: [] for name in runners}
