@@ -47,6 +47,7 @@ class Finetuner:
     self._predicts = {0: self.predict}  # cut -> predict from that boundary on
     self._prefix = {}  # the current target sets' frozen-prefix activations, per cut
     self._prefix_of = None  # (objects the cache was computed from)
+    self._warned = set()
 
   def _module(self, mask, model_state):
     """The module for training: BatchNorm layers in eval mode unless tuned under
@@ -94,6 +95,21 @@ class Finetuner:
                                jax.tree_util.tree_leaves(mask)) if m}
     return min((names.index(g) for g in tuned), default=0)
 
+  def _fits(self, cut, params, model_state, sets) -> bool:
+    """Whether the activations at `cut` of every image fit `prefix_cache_gb` (a ResNet-50
+    at 224 px holds 800 kB per image after block3): else the run goes uncached."""
+    images = sets[0][0]
+    example = jax.ShapeDtypeStruct((1,) + tuple(images.shape[1:]), np.float32)
+    out = jax.eval_shape(lambda p, s, x: surgery.train.forward(
+        self.spec.module.clone(stop=cut), p, s, x, train=False)[0], params, model_state, example)
+    need = sum(len(d[0]) for d in sets) * out.size * out.dtype.itemsize
+    budget = float(self.config.get('prefix_cache_gb', 4.0)) * 2 ** 30
+    if need > budget and (cut, need) not in self._warned:
+      self._warned.add((cut, need))
+      print(f'frozen prefix not cached: its activations at group boundary {cut} would take '
+            f'{need / 2 ** 30:.1f} GB (prefix_cache_gb={budget / 2 ** 30:g})', flush=True)
+    return need <= budget
+
   def _predict_at(self, cut: int):
     if cut not in self._predicts:
       self._predicts[cut] = surgery.make_predict(self.spec.module.clone(start=cut), self.mesh)
@@ -130,6 +146,8 @@ class Finetuner:
     tx = make_optimizer(cfg, method, lr, mask, ctx)
     module, bn_train = self._module(mask, model_state)
     cut = self._cut(mask, method)
+    if cut and not self._fits(cut, params, model_state, (tune, val, test)):
+      cut = 0
     if cut:  # train and evaluate from the frozen prefix's activations
       tune, val, test = self._prefix_sets(cut, params, model_state, (tune, val, test))
       x_tune = tune[0]

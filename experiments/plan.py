@@ -25,7 +25,8 @@ from surgery.optim import BASE_OPTIMIZERS
 # lr and hparam grids) are in every row's key instead.
 NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'corruptions',
                      'tune_sizes', 'methods', 'seeds', 'lrs', 'last_lrs', 'l1_sp.lambdas',
-                     'auto_snr.thresholds', 'select_metric', 'reuse_frozen_prefix')
+                     'auto_snr.thresholds', 'select_metric', 'reuse_frozen_prefix',
+                     'prefix_cache_gb')
 # (select_metric does change a run, since it picks the epoch: `make_plan` adds the
 # resolved metric to the result fields when it is not 'acc', so rows made before it
 # was recorded keep their fingerprints.)

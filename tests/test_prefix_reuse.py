@@ -82,3 +82,35 @@ def test_methods_that_tune_the_first_layer_or_use_hooks_run_uncached():
   off = finetune.Finetuner(SPEC, _config(False))
   mask = surgery.trainable_mask(params, SPEC.groups, 'last')
   assert off._cut(mask, registry.resolve('last', SPEC)) == 0
+
+
+TINY50 = dict(num_classes=10, new_head=True, width=2, stage_sizes=(1, 1, 1, 1), dtype='float32')
+
+
+@pytest.mark.parametrize('method', ['last', 'block4', 'block3'])
+def test_resnet50_with_batchnorm_state_gives_the_same_run(method):
+  spec = models.create('resnet50', **TINY50)
+  variables = spec.init(2)
+  params = variables['params']
+  state = {k: v for k, v in variables.items() if k != 'params'}
+  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
+  out = {}
+  for reuse in (False, True):
+    runner = finetune.Finetuner(spec, _config(reuse))
+    out[reuse] = runner.run(params, state, registry.resolve(method, spec), 1e-2, 0, *sets), runner
+  ((f0, h0, _), _), ((f1, h1, _), runner) = out[False], out[True]
+  assert runner._prefix
+  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
+                                                               f1['test_acc'])
+  for e0, e1 in zip(h0, h1):
+    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+
+
+def test_activations_over_the_memory_budget_are_not_cached(capsys):
+  config = _config(True)
+  config.prefix_cache_gb = 1e-4  # 105 kB: less than 120 images at 32x32x16 floats
+  runner = finetune.Finetuner(SPEC, config)
+  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
+  runner.run(SPEC.init(0)['params'], {}, registry.resolve('block2', SPEC), 1e-3, 0, *sets)
+  assert not runner._prefix
+  assert 'frozen prefix not cached' in capsys.readouterr().out

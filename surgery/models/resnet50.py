@@ -121,21 +121,35 @@ class ResNet50(nn.Module):
   # Compute dtype (bfloat16 for mixed precision on GPU/TPU); parameters, BatchNorm
   # statistics and logits stay float32.
   dtype: Any = jnp.float32
+  # Group boundaries (see surgery.models: `cuts`): boundary k is the input of GROUPS[k];
+  # the global average pool ends block4, so the head's input is 2048 numbers, not 7x7x2048.
+  start: int = 0
+  stop: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     # torch's BatchNorm2d momentum 0.1 weighs the new batch; Flax's weighs the old.
     norm = partial(SelectiveBatchNorm, train=train, train_layers=self.bn_train_layers,
                    momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
-    x = nn.relu(norm(name='bn1')(_conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)))
-    # Padding with -inf (reduce_window's init value), as torch's MaxPool2d does.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for i, blocks in enumerate(self.stage_sizes):
-      x = Stage(self.width * 2 ** i, 1 if i == 0 else 2, blocks, norm, self.dtype,
-                name=f'layer{i + 1}')(x)
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return _classifier(self.num_classes)(x)
+
+    def stem(x):
+      x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+      x = nn.relu(norm(name='bn1')(_conv(self.width, 7, 2, name='conv1', dtype=self.dtype)(x)))
+      # Padding with -inf (reduce_window's init value), as torch's MaxPool2d does.
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def stage(i, blocks):
+      def run(x):
+        x = Stage(self.width * 2 ** i, 1 if i == 0 else 2, blocks, norm, self.dtype,
+                  name=f'layer{i + 1}')(x)
+        return x if i < len(self.stage_sizes) - 1 else jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      return run
+
+    layers = ((stem,) + tuple(stage(i, b) for i, b in enumerate(self.stage_sizes))
+              + (_classifier(self.num_classes),))  # = GROUPS
+    for k in range(self.start, len(layers) if self.stop is None else self.stop):
+      x = layers[k](x)
+    return x
 
 
 def _classifier(num_classes: int) -> nn.Dense:
@@ -179,7 +193,7 @@ def create(num_classes: int = 1000, width: int = 64, stage_sizes: Sequence[int] 
                     dtype=compute_dtype(dtype))
   spec = ModelSpec(
       name='resnet50', module=module, groups=GROUPS, methods=METHODS, image_size=224,
-      num_classes=num_classes, load=None, head_methods=('last',),
+      num_classes=num_classes, load=None, head_methods=('last',), cuts=True,
       overrides=dict(num_classes=num_classes, width=width, stage_sizes=stage_sizes,
                      new_head=bool(new_head), dtype=str(dtype)))
   return dataclasses.replace(spec, load=lambda path: load(path, spec))
