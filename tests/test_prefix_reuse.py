@@ -114,3 +114,21 @@ def test_activations_over_the_memory_budget_are_not_cached(capsys):
   runner.run(SPEC.init(0)['params'], {}, registry.resolve('block2', SPEC), 1e-3, 0, *sets)
   assert not runner._prefix
   assert 'frozen prefix not cached' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('method', ['head', 'block2'])
+def test_clip_vit_gives_the_same_run(method):
+  spec = models.create('clip_vit_b16', image_size=32, patch_size=8, width=64, layers=2,
+                       heads=4, embed_dim=32, num_classes=10)
+  params = spec.init(3)['params']
+  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
+  out = {}
+  for reuse in (False, True):
+    runner = finetune.Finetuner(spec, _config(reuse))
+    out[reuse] = runner.run(params, {}, registry.resolve(method, spec), 1e-3, 0, *sets), runner
+  ((f0, h0, _), _), ((f1, h1, _), runner) = out[False], out[True]
+  assert list(runner._prefix) == [{'head': 3, 'block2': 2}[method]]
+  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
+                                                               f1['test_acc'])
+  for e0, e1 in zip(h0, h1):
+    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)

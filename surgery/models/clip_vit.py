@@ -45,7 +45,7 @@ all 12. The chunks are named middle1-4 so they never mix with GROUPS' blockN.)
 """
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -146,23 +146,40 @@ class CLIPViTClassifier(nn.Module):
   # Compute dtype (bfloat16 for mixed precision on GPU/TPU); parameters and logits
   # stay float32.
   dtype: Any = jnp.float32
+  # Group boundaries (see surgery.models: `cuts`): boundary k is the input of group k
+  # (embedding, block1..block{layers}, head). The last block ends by taking the class
+  # token, so the head's cached input is one token per image, not all 197.
+  start: int = 0
+  stop: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no dropout or batch statistics: train and eval are the same function
-    x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
-    x = self._embed(x)
-    for i in range(self.layers):
-      x = ResidualAttentionBlock(self.width, self.heads, self.quick_gelu, self.dtype,
-                                 name=f'resblocks_{i}')(x)
-    # ln_post is per token, so applying it to the class token alone gives open_clip's
-    # pooled output without normalising the other tokens. Its float32 output keeps
-    # `proj` and the classifier (one token each, cheap) in float32.
-    x = _layer_norm('ln_post')(x[:, 0])
-    scale = self.width ** -0.5
-    proj = self.param('proj', nn.initializers.normal(scale), (self.width, self.embed_dim))
-    x = x @ proj
-    return nn.Dense(self.num_classes, name='head')(x)
+
+    def embed(x):
+      x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+      return self._embed(x)
+
+    def block(i):
+      def run(x):
+        x = ResidualAttentionBlock(self.width, self.heads, self.quick_gelu, self.dtype,
+                                   name=f'resblocks_{i}')(x)
+        return x[:, 0] if i == self.layers - 1 else x
+      return run
+
+    def head(x):
+      # ln_post is per token, so applying it to the class token alone gives open_clip's
+      # pooled output without normalising the other tokens. Its float32 output keeps
+      # `proj` and the classifier (one token each, cheap) in float32.
+      x = _layer_norm('ln_post')(x)
+      scale = self.width ** -0.5
+      proj = self.param('proj', nn.initializers.normal(scale), (self.width, self.embed_dim))
+      return nn.Dense(self.num_classes, name='head')(x @ proj)
+
+    layers = (embed,) + tuple(block(i) for i in range(self.layers)) + (head,)
+    for k in range(self.start, len(layers) if self.stop is None else self.stop):
+      x = layers[k](x)
+    return x
 
   def _embed(self, x):
     grid = self.image_size // self.patch_size
@@ -240,7 +257,7 @@ def create(variant: str = 'clip_vit_b16', num_classes: int = 1000, new_head: boo
   spec = ModelSpec(
       name=variant, module=module, groups=groups(cfg['layers']),
       methods=methods(cfg['layers']), image_size=cfg['image_size'], num_classes=num_classes,
-      load=None, head_methods=('head',),
+      load=None, head_methods=('head',), cuts=True,
       extra_group_maps={TABLE7_MAP: table7_map(cfg['layers'])},
       overrides=dict(cfg, num_classes=num_classes, new_head=bool(new_head),
                      quick_gelu=bool(quick_gelu), dtype=str(dtype)))
