@@ -132,3 +132,21 @@ def test_clip_vit_gives_the_same_run(method):
                                                                f1['test_acc'])
   for e0, e1 in zip(h0, h1):
     assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+
+
+def test_wrn_gives_the_same_run():
+  spec = models.create('wrn28_10', depth=10, widen=1, new_head=True)
+  variables = spec.init(4)
+  params = variables['params']
+  state = {k: v for k, v in variables.items() if k != 'params'}
+  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
+  out = {}
+  for reuse in (False, True):
+    runner = finetune.Finetuner(spec, _config(reuse))
+    out[reuse] = runner.run(params, state, registry.resolve('block3', spec), 1e-2, 0, *sets), runner
+  ((f0, h0, _), _), ((f1, h1, _), runner) = out[False], out[True]
+  assert list(runner._prefix) == [3]
+  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
+                                                               f1['test_acc'])
+  for e0, e1 in zip(h0, h1):
+    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)

@@ -114,6 +114,9 @@ class WideResNet(nn.Module):
   # Compute dtype (bfloat16 for mixed precision on GPU/TPU); parameters, BatchNorm
   # statistics and logits stay float32.
   dtype: Any = jnp.float32
+  # Group boundaries (see surgery.models: `cuts`): boundary k is the input of GROUPS[k].
+  start: int = 0
+  stop: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -121,15 +124,23 @@ class WideResNet(nn.Module):
     norm = partial(SelectiveBatchNorm, train=train, train_layers=self.bn_train_layers,
                    momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     num_layers = (self.depth - 4) // 6
-    x = _conv(16, 3, 1, name='conv1', dtype=self.dtype)(x)
-    for i, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-      x = NetworkBlock(width * self.widen, stride, num_layers, norm, self.dtype,
-                       name=f'block{i}')(x)
-    x = nn.relu(norm(name='bn1')(x))
-    # torch's avg_pool2d(8) on the 8x8 maps a 32x32 input leaves is the global mean;
-    # averaged in float32, so the classifier (and the loss) sees float32 features.
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, name='fc')(x)
+
+    def block(i, width, stride):
+      return lambda x: NetworkBlock(width * self.widen, stride, num_layers, norm, self.dtype,
+                                    name=f'block{i}')(x)
+
+    def head(x):
+      x = nn.relu(norm(name='bn1')(x))
+      # torch's avg_pool2d(8) on the 8x8 maps a 32x32 input leaves is the global mean;
+      # averaged in float32, so the classifier (and the loss) sees float32 features.
+      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      return nn.Dense(self.num_classes, name='fc')(x)
+
+    layers = (lambda x: _conv(16, 3, 1, name='conv1', dtype=self.dtype)(x),
+              block(1, 16, 1), block(2, 32, 2), block(3, 64, 2), head)  # = GROUPS
+    for k in range(self.start, len(layers) if self.stop is None else self.stop):
+      x = layers[k](x)
+    return x
 
 
 def create(depth: int = 28, widen: int = 10, num_classes: int = 10, new_head: bool = False,
@@ -157,7 +168,7 @@ def create(depth: int = 28, widen: int = 10, num_classes: int = 10, new_head: bo
                       dtype=compute_dtype(dtype))
   spec = ModelSpec(
       name='wrn28_10', module=module, groups=GROUPS, methods=METHODS, image_size=32,
-      num_classes=num_classes, load=None, head_methods=('last',),
+      num_classes=num_classes, load=None, head_methods=('last',), cuts=True,
       overrides=dict(depth=depth, widen=widen, num_classes=num_classes, new_head=bool(new_head),
                      # Only when mixed: float32 specs keep the overrides they had before
                      # the option existed (tests/test_main.py compares them whole).
