@@ -1,0 +1,110 @@
+"""Image files listed by a metadata table (Waterbirds, CelebA, WILDS) as random-access
+sources of encoded images, and the CSV reading they share.
+
+    table = ImageTable(root, paths, labels, groups=groups)
+    table[0]        # {'encoded': b'...', 'label': 1, 'group': 3}
+    table.subset(table.labels == 1)
+
+Examples hold the file's bytes ('encoded'), decoded later by a `surgery.data.transforms`
+transform, so a source stays cheap to pickle into grain workers.
+"""
+import csv
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from surgery.data.cifar10 import DataNotFoundError
+from surgery.errors import SurgeryError
+
+
+def read_csv(path: str, required: Sequence[str]) -> dict:
+  """{column: list of strings} of a CSV with a header row; one-line errors naming the
+  file for a missing file or column."""
+  if not os.path.isfile(path):
+    raise DataNotFoundError(f'{path} not found')
+  with open(path, newline='', encoding='utf-8') as f:
+    reader = csv.reader(f)
+    try:
+      header = [h.strip() for h in next(reader)]
+    except StopIteration:
+      raise SurgeryError(f'{path} is empty') from None
+    rows = [r for r in reader if r]
+  missing = [c for c in required if c not in header]
+  if missing:
+    raise SurgeryError(f'{path} has no column(s) {", ".join(missing)} (has '
+                       f'{", ".join(header[:12])}{", ..." if len(header) > 12 else ""})')
+  bad = next((k for k, r in enumerate(rows) if len(r) != len(header)), None)
+  if bad is not None:
+    raise SurgeryError(f'{path}: line {bad + 2} has {len(rows[bad])} fields, the header '
+                       f'{len(header)}')
+  return {h: [r[i].strip() for r in rows] for i, h in enumerate(header)}
+
+
+def int_column(table: dict, column: str, path: str) -> np.ndarray:
+  try:
+    return np.array([int(float(v)) for v in table[column]], np.int64)
+  except ValueError:
+    raise SurgeryError(f'{path}: column {column} holds a value that is not a number') from None
+
+
+class ImageTable:
+  """Files `paths` (relative to `root`) with int labels and optional groups/domains."""
+
+  def __init__(self, root: str, paths: Sequence[str], labels, groups=None, domains=None):
+    self.root = os.path.abspath(root)
+    self.paths = np.asarray(list(paths), dtype=object)
+    self.labels = np.asarray(labels, np.int64)
+    self.columns = {k: np.asarray(v, np.int64) for k, v in
+                    (('group', groups), ('domain', domains)) if v is not None}
+    for name, values in [('labels', self.labels)] + list(self.columns.items()):
+      if len(values) != len(self.paths):
+        raise SurgeryError(f'{name}: {len(values)} entries for {len(self.paths)} files')
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  @property
+  def groups(self) -> Optional[np.ndarray]:
+    return self.columns.get('group')
+
+  @property
+  def domains(self) -> Optional[np.ndarray]:
+    return self.columns.get('domain')
+
+  def path(self, i: int) -> str:
+    return os.path.join(self.root, self.paths[i])
+
+  def __getitem__(self, i) -> dict:
+    i = int(i)
+    if not -len(self) <= i < len(self):
+      raise IndexError(f'index {i} out of range for {len(self)} images')
+    path = self.path(i)
+    try:
+      with open(path, 'rb') as f:
+        encoded = f.read()
+    except OSError as e:
+      raise DataNotFoundError(f'cannot read {path} ({e.strerror})') from None
+    example = {'encoded': encoded, 'label': int(self.labels[i])}
+    example.update({k: int(v[i]) for k, v in self.columns.items()})
+    return example
+
+  def subset(self, keep) -> 'ImageTable':
+    """The rows where `keep` (a bool mask or indices) selects."""
+    keep = np.asarray(keep)
+    idx = np.flatnonzero(keep) if keep.dtype == bool else keep
+    return ImageTable(self.root, self.paths[idx], self.labels[idx],
+                      **{k + 's': v[idx] for k, v in self.columns.items()})
+
+  def missing_files(self, limit: int = 1) -> list:
+    """Up to `limit` listed files that are not on disk (a partial copy)."""
+    out = []
+    for i in range(len(self)):
+      if not os.path.isfile(self.path(i)):
+        out.append(self.path(i))
+        if len(out) >= limit:
+          break
+    return out
+
+  def __repr__(self) -> str:
+    return f'ImageTable({len(self)} images under {self.root})'

@@ -1,0 +1,189 @@
+"""Waterbirds and CelebA on generated trees in their released layouts: readers, the
+group-balanced target draw, the configs end to end (erm source stage + sweep) with a
+tiny ResNet-50, and the one-line error without data."""
+import csv
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import celeba as celeba_config
+from configs import waterbirds as waterbirds_config
+from experiments import sweep
+from surgery import datasets, models
+from surgery.checkpoints import save_params
+from surgery.data import celeba, waterbirds
+from surgery.errors import SurgeryError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(num_classes=2, new_head=True, width=2, stage_sizes=(1, 1, 1, 1), dtype='float32')
+# Images per (split, group): the val split holds more than tune_per_group in every group.
+COUNTS = {0: (6, 2, 2, 6), 1: (4, 4, 3, 3), 2: (3, 3, 3, 3)}
+
+
+def _jpeg(path, label, group, size, rng):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  img = np.clip(rng.normal(60 + 120 * label, 30, size + (3,)) + 10 * group, 0, 255)
+  buf = io.BytesIO()
+  Image.fromarray(img.astype(np.uint8)).save(buf, format='JPEG', quality=90)
+  path.write_bytes(buf.getvalue())
+
+
+def write_waterbirds(root):
+  """waterbird_complete95_forest2water2/{metadata.csv, <species>/<file>.jpg}."""
+  folder = root / 'waterbird_complete95_forest2water2'
+  rng = np.random.RandomState(0)
+  rows = []
+  for split, counts in COUNTS.items():
+    for group, n in enumerate(counts):
+      y, place = group // 2, group % 2
+      for _ in range(n):
+        i = len(rows) + 1
+        name = f'{"001.Black_footed_Albatross" if y else "100.Brown_Pelican"}/img_{i:04d}.jpg'
+        _jpeg(folder / name, y, group, (40, 30), rng)
+        rows.append((i, name, y, split, place))
+  with open(folder / 'metadata.csv', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['img_id', 'img_filename', 'y', 'split', 'place', 'place_filename'])
+    w.writerows([r + (f'/o/ocean/{r[0]}.jpg',) for r in rows])
+  return rows
+
+
+ATTRS = ['5_o_Clock_Shadow', 'Arched_Eyebrows', 'Blond_Hair', 'Male', 'Young']
+
+
+def write_celeba(root):
+  """img_align_celeba/*.jpg, list_attr_celeba.csv (-1/1), list_eval_partition.csv."""
+  rng = np.random.RandomState(1)
+  attr_rows, part_rows = [], []
+  for split, counts in COUNTS.items():
+    for group, n in enumerate(counts):
+      blond, male = group // 2, group % 2
+      for _ in range(n):
+        image_id = f'{len(attr_rows) + 1:06d}.jpg'
+        _jpeg(root / 'img_align_celeba' / image_id, blond, group, (218, 178), rng)
+        values = {a: int(rng.choice([-1, 1])) for a in ATTRS}
+        values.update(Blond_Hair=1 if blond else -1, Male=1 if male else -1)
+        attr_rows.append([image_id] + [values[a] for a in ATTRS])
+        part_rows.append([image_id, split])
+  with open(root / 'list_attr_celeba.csv', 'w', newline='') as f:
+    csv.writer(f).writerows([['image_id'] + ATTRS] + attr_rows)
+  with open(root / 'list_eval_partition.csv', 'w', newline='') as f:
+    csv.writer(f).writerows([['image_id', 'partition']] + part_rows)
+
+
+def test_waterbirds_reader_follows_the_metadata(tmp_path):
+  rows = write_waterbirds(tmp_path)
+  splits = waterbirds.read(str(tmp_path))
+  for code, name in enumerate(('train', 'val', 'test')):
+    mine = [r for r in rows if r[3] == code]
+    table = splits[name]
+    assert list(table.paths) == [r[1] for r in mine]
+    assert table.labels.tolist() == [r[2] for r in mine]
+    assert table.groups.tolist() == [2 * r[2] + r[4] for r in mine]
+  example = splits['val'][0]
+  assert example['encoded'][:2] == b'\xff\xd8' and example['group'] == 0
+  # The folder itself works too, and a listed file that is gone is one line.
+  assert len(waterbirds.read(str(tmp_path / 'waterbird_complete95_forest2water2'))['train']) == 16
+  os.remove(tmp_path / 'waterbird_complete95_forest2water2' / rows[0][1])
+  with pytest.raises(SurgeryError, match='is listed in .* but missing'):
+    waterbirds.read(str(tmp_path))
+
+
+def test_celeba_reader_labels_blond_and_groups_by_male(tmp_path):
+  write_celeba(tmp_path)
+  splits = celeba.read(str(tmp_path))
+  with open(tmp_path / 'list_attr_celeba.csv') as f:
+    attrs = list(csv.DictReader(f))
+  val = [a for a, p in zip(attrs, range(len(attrs))) if 16 <= p < 30]  # the val rows
+  assert splits['val'].labels.tolist() == [int(a['Blond_Hair'] == '1') for a in val]
+  assert splits['val'].groups.tolist() == [2 * int(a['Blond_Hair'] == '1') + int(a['Male'] == '1')
+                                           for a in val]
+  assert [len(splits[s]) for s in ('train', 'val', 'test')] == [16, 14, 12]
+
+
+def _dataset(name, root, **fields):
+  import ml_collections
+  return datasets.create(name, ml_collections.ConfigDict(dict(data_dir=str(root), **fields)))
+
+
+def test_target_draw_is_group_balanced_disjoint_and_seeded(tmp_path):
+  write_waterbirds(tmp_path)
+  ds = _dataset('waterbirds', tmp_path, tune_per_group=2)
+  assert ds.shift_names() == ['waterbirds'] and ds.select_metric == 'worst_group_acc'
+  tune, val, test = ds.target_sets('waterbirds', 0)
+  assert np.bincount(tune[2], minlength=4).tolist() == [2, 2, 2, 2]
+  assert np.bincount(val[2], minlength=4).tolist() == [2, 2, 1, 1]  # the rest of val
+  assert len(test[1]) == 12 and test[0].shape == (12, 224, 224, 3)
+  assert tune[0].shape == (8, 224, 224, 3) and tune[0].dtype == np.uint8
+  # Disjoint, and the same draw for the same seed: compare the images themselves.
+  flat = lambda a: {x.tobytes() for x in a}  # noqa: E731
+  assert not flat(tune[0]) & flat(val[0])
+  again = ds.target_sets('waterbirds', 0)
+  assert np.array_equal(again[0][0], tune[0]) and not all(
+      np.array_equal(ds.target_sets('waterbirds', s)[0][0], tune[0]) for s in (1, 2, 3))
+  with pytest.raises(SurgeryError, match='group 2, not more than tune_per_group=3'):
+    _dataset('waterbirds', tmp_path, tune_per_group=3).shift_names()
+
+
+def test_waterbirds_eval_crop_is_the_group_dro_recipe(tmp_path):
+  write_waterbirds(tmp_path)
+  ds = _dataset('waterbirds', tmp_path)
+  example = ds.source('test')[0]
+  with Image.open(io.BytesIO(example['encoded'])) as im:
+    want = np.asarray(im.convert('RGB').resize((256, 256), Image.BILINEAR))[16:240, 16:240]
+  assert np.array_equal(ds.eval_transform(example)['image'], want)
+
+
+@pytest.mark.parametrize('name, config_module, writer', [
+    ('waterbirds', waterbirds_config, write_waterbirds),
+    ('celeba', celeba_config, write_celeba)])
+def test_config_runs_end_to_end(name, config_module, writer, tmp_path, monkeypatch, capsys):
+  writer(tmp_path / name)
+  monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
+  config = config_module.get_config()
+  config.data_dir = str(tmp_path / name)
+  config.model.resnet50.update(TINY)
+  config.init_checkpoint = save_params(str(tmp_path / 'init'), models.create('resnet50', **TINY).init(1))
+  config.methods = ('no_adaptation', 'all', 'last')
+  config.seeds, config.lrs, config.last_lrs = (0,), (1e-3,), (1e-3,)
+  config.epochs, config.batch_size, config.eval_batch_size = 2, 8, 16
+  config.tune_per_group = 2
+  config.source_stage.update(dict(epochs=2, batch_size=8, workers=0))
+  workdir = tmp_path / 'work'
+  sweep.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert 'source stage epoch 2: source val acc' in out and 'keeping epoch' in out
+  with open(workdir / 'results.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert {r['method'] for r in rows} == {'no_adaptation', 'all', 'last'}
+  assert all((r['n_tune'], r['n_val'], r['n_test']) == ('8', '6', '12') for r in rows)
+  for r in rows:
+    for split in ('val', 'test'):
+      acc, balanced, worst = (float(r[f'{split}_{m}']) for m in
+                              ('acc', 'group_balanced_acc', 'worst_group_acc'))
+      assert 0 <= worst <= balanced <= 1 and 0 <= acc <= 1
+  summary = (workdir / 'summary.md').read_text()
+  assert 'Test worst group acc (%)' in summary
+  assert 'Test group balanced acc (%) of the same runs' in summary
+  assert 'Test accuracy (%) of the same runs' in summary
+  assert (workdir / 'source_model').is_dir()
+
+
+@pytest.mark.parametrize('config_name, words', [
+    ('waterbirds', 'error: Waterbirds not found in'),
+    ('celeba', 'error: CelebA not found in')])
+def test_missing_dataset_is_one_line(config_name, words, tmp_path):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.main', f'--config=configs/{config_name}.py',
+       f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "nothing"}'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith(words) and str(tmp_path / 'nothing') in lines[0]
+  assert not os.path.exists(tmp_path / 'work' / 'results.csv')
