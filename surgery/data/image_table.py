@@ -96,10 +96,14 @@ class ImageTable:
     return ImageTable(self.root, self.paths[idx], self.labels[idx],
                       **{k + 's': v[idx] for k, v in self.columns.items()})
 
-  def missing_files(self, limit: int = 1) -> list:
-    """Up to `limit` listed files that are not on disk (a partial copy)."""
+  def missing_files(self, limit: int = 1, sample: Optional[int] = None) -> list:
+    """Up to `limit` listed files that are not on disk (a partial copy); with `sample`,
+    only that many rows, evenly spaced, are looked at."""
     out = []
-    for i in range(len(self)):
+    rows = range(len(self))
+    if sample is not None and len(self) > sample:
+      rows = np.unique(np.linspace(0, len(self) - 1, sample).astype(np.int64))
+    for i in rows:
       if not os.path.isfile(self.path(i)):
         out.append(self.path(i))
         if len(out) >= limit:
