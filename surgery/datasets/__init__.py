@@ -5,13 +5,21 @@ Each dataset lives in its own module here and defines `create(config, name) -> D
 A dataset declares:
 
   ds.num_classes, ds.image_size
-  ds.metrics               metric names it reports ('acc' always; 'worst_group_acc'
-                           where examples carry groups; 'acc_<domain>' per domain)
+  ds.metrics               metric names it reports ('acc' always; 'group_balanced_acc'
+                           and 'worst_group_acc' where examples carry groups;
+                           'acc_<domain>' per name in ds.domain_names)
+  ds.select_metric         the metric that picks the epoch, lr and Cross-Val unless
+                           `config.select_metric` names one ('acc' if absent)
+  ds.eval_transform, ds.train_transform   the deterministic and the random example
+                           transform stage 1 streams with (None where images are arrays)
   ds.shift_names(config)   the target shifts a config asks for, validated
   ds.source(split)         the source (pre-training) distribution, random access
   ds.target_sets(shift, seed)   (tune, val, test) for one seed, each a tuple of
-                           uint8 HWC images, int labels and int groups where examples
-                           have them
+                           uint8 HWC images (an array, or `LazyImages` decoding slices
+                           on demand for large test sets), int labels, then int groups
+                           and int domains where examples have them (groups None if
+                           only domains)
+  ds.report(table, methods, shifts)   optional: extra summary.md lines (ImageNet-C's mCE)
   ds.target(shift), ds.split(shift, labels, seed)   where the target is one pool that
                            tune / validation / test are drawn from (CIFAR-10-C), that
                            pool as a random-access source (index -> dict with uint8
