@@ -106,6 +106,84 @@ def test_celeba_reader_labels_blond_and_groups_by_male(tmp_path):
   assert [len(splits[s]) for s in ('train', 'val', 'test')] == [16, 14, 12]
 
 
+def test_celeba_raw_in_group_dro_data_folder_and_kaggle_nested_images(tmp_path):
+  # group_DRO reads <root_dir>/data/; the Kaggle zip nests img_align_celeba twice.
+  write_celeba(tmp_path / 'data')
+  images = tmp_path / 'data' / 'img_align_celeba'
+  os.rename(images, tmp_path / 'nested')
+  images.mkdir()
+  os.rename(tmp_path / 'nested', images / 'img_align_celeba')
+  splits = celeba.read(str(tmp_path))
+  assert [len(splits[s]) for s in ('train', 'val', 'test')] == [16, 14, 12]
+  assert splits['test'][0]['encoded'][:2] == b'\xff\xd8'
+  assert splits['test'][0]['group'] == 0 and splits['test'][11]['group'] == 3
+  with pytest.raises(SurgeryError, match='source_layout tfds.*celeb_a as array_record'):
+    celeba.read(str(tmp_path), 'tfds')
+
+
+@pytest.fixture(scope='module')
+def celeba_tfds(tmp_path_factory):
+  """TFDS celeb_a-alike (JPEG image + attributes as bools, its three splits) prepared as
+  array_record, with {image bytes: (blond, group)} of what was written."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  data_dir = tmp_path_factory.mktemp('tfds')
+  rng = np.random.RandomState(2)
+  written = {}
+  with tfds.core.registered.skip_registration():
+    class CelebA(tfds.core.GeneratorBasedBuilder):
+      name = 'celeb_a'
+      VERSION = tfds.core.Version('2.1.0')
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(218, 178, 3), encoding_format='jpeg'),
+            'attributes': {a: np.bool_ for a in ATTRS}}))
+
+      def _split_generators(self, dl_manager):
+        return {name: self._generate_examples(code)
+                for code, name in enumerate(('train', 'validation', 'test'))}
+
+      def _generate_examples(self, code):
+        for group, n in enumerate(COUNTS[code]):
+          for k in range(n):
+            buf = io.BytesIO()
+            image = np.clip(rng.normal(100, 40, (218, 178, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(buf, format='JPEG', quality=90)
+            attributes = {a: bool(rng.randint(2)) for a in ATTRS}
+            attributes.update(Blond_Hair=bool(group // 2), Male=bool(group % 2))
+            written[buf.getvalue()] = (code, group // 2, group)
+            yield f'{code}_{group}_{k}.jpg', {'image': buf.getvalue(), 'attributes': attributes}
+
+  CelebA(data_dir=str(data_dir / 'celeba'), file_format='array_record').download_and_prepare()
+  return data_dir / 'celeba', written
+
+
+def test_celeba_tfds_array_record_reader(celeba_tfds, tmp_path):
+  root, written = celeba_tfds
+  splits = celeba.read(str(root), 'tfds', cache=tmp_path)
+  for code, name in enumerate(('train', 'val', 'test')):
+    source = splits[name]
+    examples = [source[i] for i in range(len(source))]
+    # Every record once, with the label and group its attributes say.
+    assert sorted(e['encoded'] for e in examples) == sorted(
+        b for b, w in written.items() if w[0] == code)
+    assert all((code, e['label'], e['group']) == written[e['encoded']] for e in examples)
+    assert source.labels.tolist() == [e['label'] for e in examples]
+    assert source.groups.tolist() == [e['group'] for e in examples]
+  assert any(f.startswith('celeba-groups-') for f in os.listdir(tmp_path))  # the scan, cached
+  ds = _dataset('celeba', root, source_layout='tfds', tune_per_group=2)
+  tune, val, test = ds.target_sets('celeba', 0)
+  assert np.bincount(tune[2], minlength=4).tolist() == [2, 2, 2, 2]
+  assert tune[0].shape == (8, 224, 224, 3) and len(val[1]) == 6 and test[0].shape[0] == 12
+  # The same bytes through the raw reader's crop: CenterCrop(178) then Resize(224).
+  example = splits['test'][0]
+  with Image.open(io.BytesIO(example['encoded'])) as im:
+    want = np.asarray(im.convert('RGB').crop((0, 20, 178, 198)).resize((224, 224), Image.BILINEAR))
+  assert np.array_equal(ds.eval_transform(example)['image'], want)
+  with pytest.raises(SurgeryError, match='source_layout for waterbirds must be raw'):
+    _dataset('waterbirds', root, source_layout='tfds')
+
+
 def _dataset(name, root, **fields):
   import ml_collections
   return datasets.create(name, ml_collections.ConfigDict(dict(data_dir=str(root), **fields)))

@@ -8,8 +8,9 @@ WILDS ships the same files as `waterbirds_v1.0/`), under `data_dir`, else
     waterbird_complete95_forest2water2/<img_filename>  e.g. 001.Black_footed_Albatross/....jpg
 
 `split` 0 / 1 / 2 is train / val / test; `y` 1 is a waterbird; `place` 1 a water
-background. The group is 2 * y + place, group_DRO's numbering: 0 landbird on land,
-1 landbird on water, 2 waterbird on land, 3 waterbird on water.
+background. The group is 2 * y + place, group_DRO's numbering (data/cub_dataset.py:
+`y * (n_groups / 2) + place`): 0 landbird on land, 1 landbird on water, 2 waterbird on
+land, 3 waterbird on water.
 """
 import os
 
@@ -31,6 +32,7 @@ def locate(data_dir=None) -> str:
   if not root:
     raise DataNotFoundError('Waterbirds: set $SURGERY_DATA_DIR or --config.data_dir (expected '
                             f'<dir>/{FOLDERS[0]}/metadata.csv + the image folders)')
+  root = os.path.abspath(os.path.expanduser(str(root)))
   for folder in (root,) + tuple(os.path.join(root, f) for f in FOLDERS):
     if os.path.isfile(os.path.join(folder, 'metadata.csv')):
       return folder
