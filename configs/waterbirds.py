@@ -12,15 +12,17 @@ replaced by a new 2-way one.
 
 Stage 1 (`source_stage`, kind 'erm'): every layer on the released train split (4,795
 images), Adam, 300 epochs as the paper, keeping the epoch with the best accuracy on the
-released val split ("the best checkpoint based on early stopping"). The paper gives no
-lr: 1e-4 with weight decay 1e-4, batch 128, no augmentation, as group_DRO's ERM baseline
-(SGD at 1e-3 there; 1e-4 is the usual Adam counterpart for fine-tuning a ResNet-50).
-Lower `--config.source_stage.epochs` for a quicker source model. Stage 2: per method x
-lr x seed, 100 epochs of Adam, weight decay 1e-4, lrs {5e-3, 1e-3, 5e-4} (paper A.4) on
-100 images per (bird, background) group from the released val split, the epoch and lr
-picked on the rest of it by worst-group accuracy (`--config.select_metric=
-group_balanced_acc` for the paper's balanced-accuracy selection), tested on the released
-test split (5,794 images). See surgery/datasets/spurious.py.
+released val split ("the best checkpoint based on early stopping"); lower
+`--config.source_stage.epochs` for a quicker source model. The paper gives no lr: 1e-4
+with weight decay 1e-4, batch 128, no augmentation (group_DRO's `--augment_data` is off
+by default), as group_DRO's ERM baseline except the lr (SGD with momentum 0.9 at 1e-3
+there; Adam's per-weight steps are larger, and 1e-4 is the usual Adam lr for fine-tuning
+a ResNet-50, the one group_DRO itself uses for CelebA). Stage 2: per method x lr x seed,
+100 epochs of Adam, weight decay 1e-4, lrs {5e-3, 1e-3, 5e-4} (paper A.4), batch 64 (the
+paper gives none: 7 steps an epoch), on 100 images per (bird, background) group from
+the released val split, the epoch and lr picked on the rest of it (799) by worst-group
+accuracy (`--config.select_metric=group_balanced_acc` for the paper's balanced-accuracy
+selection), tested on the released test split (5,794 images). See surgery/datasets/spurious.py.
 """
 import ml_collections
 

@@ -201,6 +201,13 @@ def test_target_draw_is_group_balanced_disjoint_and_seeded(tmp_path):
   # Disjoint, and the same draw for the same seed: compare the images themselves.
   flat = lambda a: {x.tobytes() for x in a}  # noqa: E731
   assert not flat(tune[0]) & flat(val[0])
+  source = {name: [ds.eval_transform(t[i])['image'] for i in range(len(t))]
+            for name, t in ((n, ds.source(n)) for n in ('val', 'test'))}
+  assert flat(tune[0]) | flat(val[0]) == flat(source['val'])  # tune + val = the val split
+  assert len(tune[0]) + len(val[0]) == len(source['val'])
+  assert np.array_equal(test[0][:], np.stack(source['test']))  # test = the test split
+  assert test[1].tolist() == ds.source('test').labels.tolist()
+  assert test[2].tolist() == ds.source('test').groups.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
   again = ds.target_sets('waterbirds', 0)
   assert np.array_equal(again[0][0], tune[0]) and not all(
       np.array_equal(ds.target_sets('waterbirds', s)[0][0], tune[0]) for s in (1, 2, 3))
