@@ -1,40 +1,71 @@
-"""Camelyon17 and FMoW in the WILDS on-disk layouts (Koh et al., ICML 2021), as
-encoded-image sources with WILDS' own split definitions.
+"""Camelyon17-WILDS and FMoW-WILDS in their released folders, as encoded-image tables.
 
-Root: `data_dir`, else `$SURGERY_DATA_DIR/wilds`, holding the unpacked bundles:
+Root: `data_dir`, else `$SURGERY_DATA_DIR/wilds`, holding the folders WILDS' downloader
+unpacks (or `data_dir` may be one of those folders itself):
 
-    camelyon17_v1.0/metadata.csv      (index), patient, node, x_coord, y_coord, tumor,
-                                      slide, center, split
-    camelyon17_v1.0/patches/patient_{patient:03}_node_{node}/
-        patch_patient_{patient:03}_node_{node}_x_{x}_y_{y}.png      (96x96)
-    fmow_v1.1/rgb_metadata.csv        split, img_filename, img_path, spatial_reference,
-                                      epsg, category, visible, img_width, img_height,
-                                      country_code, cloud_cover, timestamp, lat, lon
-    fmow_v1.1/country_code_mapping.csv   alpha-3 -> region (among other columns)
-    fmow_v1.1/images/rgb_img_{i}.png  (224x224; i = the row of rgb_metadata.csv)
+    camelyon17_v1.0/metadata.csv     (unnamed index), patient, node, x_coord, y_coord,
+                                     tumor, slide, center, split
+    camelyon17_v1.0/patches/patient_{ppp}_node_{n}/patch_patient_{ppp}_node_{n}_x_{x}_y_{y}.png
+    fmow_v1.1/rgb_metadata.csv       split, img_filename, img_path, ..., category, ...,
+                                     country_code, cloud_cover, timestamp, lat, lon, ...
+    fmow_v1.1/country_code_mapping.csv   name, alpha-2, alpha-3, ..., region, ...
+    fmow_v1.1/images/rgb_img_{i}.png
 
-Camelyon17 ('official' split): hospitals (`center`) 0, 3 and 4 are the source: their
-`split` 0 rows are train, 1 rows the in-distribution val; hospital 1 is the OOD val,
-hospital 2 the OOD test. The label is `tumor`.
+Facts from p-lambda/wilds (wilds/datasets/camelyon17_dataset.py, fmow_dataset.py and
+dataset_preprocessing/camelyon17/generate_final_metadata.py):
 
-FMoW ('official' = 'time_after_2016'): rows with `split` 'seq' are dropped; images from
-2016 on are the OOD test (if in the original 'test' split), 2013-2015 the OOD val (if in
-'val'); earlier 'train' / 'val' / 'test' rows are train / id_val / id_test. The region is
-the country code's region in country_code_mapping.csv, 'Other' when absent. The label is
-the category's position in WILDS' list of 62.
+Camelyon17: 96x96 RGB patches; the label is `tumor` (1: tumour in the central 32x32).
+`center` is the hospital, 0-4 (patients 0-19 are hospital 0, 20-39 hospital 1, ...).
+The official split keeps the `split` column (0 train, 1 ID val) for hospitals 0, 3 and
+4, and moves all of hospital 1 to the OOD val split and all of hospital 2 to the OOD
+test split, whatever their `split` says. `patient` is a zero-padded string in the file
+(WILDS reads it with dtype str); it is formatted %03d here either way.
+
+FMoW: 62 categories in WILDS' order (`CATEGORIES`). `split` is the original fMoW
+split: train / val / test / seq. WILDS' 'official' scheme is `time_after_2016`: OOD
+test = split 'test' with timestamp >= 2016-01-01 UTC; OOD val = split 'val' with
+2013-01-01 <= timestamp < 2016-01-01; train / ID val / ID test = split train / val /
+test with timestamp < 2013-01-01. Every other row (e.g. a 'train' image from 2014, a
+'val' image from 2017, every 'seq' image) is in no split. The image of data row i of
+rgb_metadata.csv (0-based, 'seq' rows counted) is images/rgb_img_{i}.png: WILDS drops
+the 'seq' rows and reads `rgb_img_{full_idxs[idx]}`. The region comes from the
+country code through country_code_mapping.csv ('alpha-3' -> 'region'); a code the
+mapping lacks is 'Other' (a blank region too, here). WILDS' worst-region accuracy
+leaves 'Other' out.
+
+Tables hold every row's file path, label and domain (Camelyon17: the hospital;
+FMoW: the index in `REGIONS`). Reading the metadata looks for 500 evenly spaced files of
+each split; any other listed file that is missing fails, in one line, when read.
 """
+import csv
 import datetime
 import os
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 
 from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
-from surgery.data.image_table import ImageTable, int_column, read_csv
+from surgery.data.image_table import ImageTable
 from surgery.errors import SurgeryError
 
-CAMELYON = 'camelyon17_v1.0'
-FMOW = 'fmow_v1.1'
-FMOW_CATEGORIES = (
+ROOT_FOLDER = 'wilds'  # under $SURGERY_DATA_DIR
+
+CAMELYON17_FOLDER = 'camelyon17_v1.0'
+CAMELYON17_COLUMNS = ('patient', 'node', 'x_coord', 'y_coord', 'tumor', 'center', 'split')
+CAMELYON17_LAYOUT = (f'{CAMELYON17_FOLDER}/metadata.csv (columns patient, node, x_coord, '
+                     'y_coord, tumor, slide, center, split) and patches/patient_<ppp>_node_<n>/'
+                     'patch_patient_<ppp>_node_<n>_x_<x>_y_<y>.png, from WILDS\' '
+                     'camelyon17 v1.0 bundle')
+HOSPITALS = 5
+OOD_VAL_HOSPITAL = 1
+OOD_TEST_HOSPITAL = 2
+
+FMOW_FOLDER = 'fmow_v1.1'
+FMOW_COLUMNS = ('split', 'category', 'country_code', 'timestamp')
+FMOW_LAYOUT = (f'{FMOW_FOLDER}/rgb_metadata.csv (columns split, img_filename, ..., category, '
+               '..., country_code, timestamp, ...), country_code_mapping.csv (alpha-3, '
+               'region) and images/rgb_img_<row>.png, from WILDS\' fmow v1.1 bundle')
+CATEGORIES = (
     'airport', 'airport_hangar', 'airport_terminal', 'amusement_park', 'aquaculture',
     'archaeological_site', 'barn', 'border_checkpoint', 'burial_site', 'car_dealership',
     'construction_site', 'crop_field', 'dam', 'debris_or_rubble', 'educational_institution',
@@ -45,103 +76,204 @@ FMOW_CATEGORIES = (
     'park', 'parking_lot_or_garage', 'place_of_worship', 'police_station', 'port', 'prison',
     'race_track', 'railway_bridge', 'recreational_facility', 'road_bridge', 'runway',
     'shipyard', 'shopping_mall', 'single-unit_residential', 'smokestack', 'solar_farm',
-    'space_facility', 'stadium', 'storage_tank', 'surface_mine', 'swimming_pool', 'toll_booth',
-    'tower', 'tunnel_opening', 'waste_disposal', 'water_treatment_facility', 'wind_farm', 'zoo')
+    'space_facility', 'stadium', 'storage_tank', 'surface_mine', 'swimming_pool',
+    'toll_booth', 'tower', 'tunnel_opening', 'waste_disposal', 'water_treatment_facility',
+    'wind_farm', 'zoo')
+# The five regions of country_code_mapping.csv, then WILDS' fallback. The order is ours
+# (WILDS numbers regions by first appearance in the file); only names matter.
 REGIONS = ('Asia', 'Europe', 'Africa', 'Americas', 'Oceania', 'Other')
-CAMELYON_SOURCE_CENTERS = (0, 3, 4)
-FMOW_TEST_YEAR = 2016  # 'time_after_2016'; the OOD val is the 3 years before
+OTHER = REGIONS.index('Other')
+FMOW_SPLITS = ('train', 'id_val', 'id_test', 'ood_val', 'ood_test')
+OOD_TEST_FROM = 2016  # time_after_2016: OOD test from this year on
+OOD_VAL_FROM = OOD_TEST_FROM - 3  # "use 3 years of the training set as validation"
+CHECKED_FILES = 500  # per split, when the metadata is read
 
 
-def wilds_root(data_dir=None) -> str:
+# ----------------------------------------------------------------------------- finding
+
+def wilds_root(data_dir=None):
+  """`data_dir`, else $SURGERY_DATA_DIR/wilds, else None."""
   if data_dir:
     return data_dir
-  if os.environ.get(DATA_DIR_ENV):
-    return os.path.join(os.environ[DATA_DIR_ENV], 'wilds')
-  raise DataNotFoundError('WILDS: set $SURGERY_DATA_DIR or --config.data_dir (the folder '
-                          f'holding {CAMELYON}/ and {FMOW}/)')
+  env = os.environ.get(DATA_DIR_ENV)
+  return os.path.join(env, ROOT_FOLDER) if env else None
 
 
-def _bundle(data_dir, name: str, files, layout: str) -> str:
+def _locate(name: str, folder: str, marker: str, layout: str, data_dir=None) -> str:
+  """The folder holding `marker`: <root>/<folder> or the root itself; else one line."""
   root = wilds_root(data_dir)
-  for folder in (os.path.join(root, name), root):
-    if all(os.path.isfile(os.path.join(folder, f)) for f in files):
-      return folder
-  title = {CAMELYON: 'Camelyon17', FMOW: 'FMoW'}[name]
-  raise DataNotFoundError(f'{title} not found in {root}: expected '
-                          f'{os.path.join(root, name)}/{layout} (the WILDS {name} bundle)')
+  if not root:
+    raise DataNotFoundError(f'{name}: set $SURGERY_DATA_DIR or --config.data_dir (expected '
+                            f'<dir>/{ROOT_FOLDER}/{layout})')
+  for candidate in (os.path.join(root, folder), root):
+    if os.path.isfile(os.path.join(candidate, marker)):
+      return candidate
+  raise DataNotFoundError(f'{name} not found in {root}: expected {root}/{layout}')
 
 
-def camelyon17(data_dir=None) -> dict:
-  """{'train', 'id_val', 'hospital1', 'hospital2'}: ImageTables labelled by `tumor`,
-  domain = hospital."""
-  folder = _bundle(data_dir, CAMELYON, ('metadata.csv',),
-                   'metadata.csv + patches/patient_<ppp>_node_<n>/patch_*.png')
-  path = os.path.join(folder, 'metadata.csv')
-  table = read_csv(path, ('patient', 'node', 'x_coord', 'y_coord', 'tumor', 'center', 'split'))
-  cols = {c: int_column(table, c, path) for c in
-          ('patient', 'node', 'x_coord', 'y_coord', 'tumor', 'center', 'split')}
-  paths = [f'patches/patient_{p:03d}_node_{n}/patch_patient_{p:03d}_node_{n}_x_{x}_y_{y}.png'
-           for p, n, x, y in zip(cols['patient'], cols['node'], cols['x_coord'], cols['y_coord'])]
-  everything = ImageTable(folder, paths, cols['tumor'], domains=cols['center'])
-  source = np.isin(cols['center'], CAMELYON_SOURCE_CENTERS)
-  out = {'train': everything.subset(source & (cols['split'] == 0)),
-         'id_val': everything.subset(source & (cols['split'] == 1)),
-         'hospital1': everything.subset(cols['center'] == 1),
-         'hospital2': everything.subset(cols['center'] == 2)}
-  _check_files(everything, path)
-  return out
+def locate_camelyon17(data_dir=None) -> str:
+  return _locate('Camelyon17-WILDS', CAMELYON17_FOLDER, 'metadata.csv', CAMELYON17_LAYOUT,
+                 data_dir)
 
 
-def _year_start(timestamp: str, path: str) -> int:
+def locate_fmow(data_dir=None) -> str:
+  folder = _locate('FMoW-WILDS', FMOW_FOLDER, 'rgb_metadata.csv', FMOW_LAYOUT, data_dir)
+  if not os.path.isfile(os.path.join(folder, 'country_code_mapping.csv')):
+    raise DataNotFoundError(f'FMoW-WILDS: {folder}/country_code_mapping.csv not found '
+                            f'(expected {FMOW_LAYOUT})')
+  return folder
+
+
+# ---------------------------------------------------------------------------- CSV rows
+
+def _rows(path: str, columns: Sequence[str]) -> Iterator[Tuple[int, List[str]]]:
+  """(line number, values of `columns`) per data row of a CSV with a header; only the
+  needed columns are kept, since FMoW's table has 500k rows of 15 fields. Blank lines
+  are skipped, as pandas does (so data-row numbers match WILDS')."""
+  with open(path, newline='', encoding='utf-8') as f:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None:
+      raise SurgeryError(f'{path} is empty')
+    header = [h.strip() for h in header]
+    missing = [c for c in columns if c not in header]
+    if missing:
+      raise SurgeryError(f'{path} has no column(s) {", ".join(missing)} (has '
+                         f'{", ".join(header[:12])}{", ..." if len(header) > 12 else ""})')
+    where = [header.index(c) for c in columns]
+    for row in reader:
+      if not row:
+        continue
+      if len(row) != len(header):
+        raise SurgeryError(f'{path}: line {reader.line_num} has {len(row)} fields, the '
+                           f'header {len(header)}')
+      yield reader.line_num, [row[i].strip() for i in where]
+
+
+def _int(value: str, column: str, path: str, line: int) -> int:
   try:
-    when = datetime.datetime.fromisoformat(timestamp.replace('Z', '+00:00'))
+    return int(float(value))
   except ValueError:
-    raise SurgeryError(f'{path}: timestamp {timestamp!r} is not an ISO date') from None
-  if when.tzinfo is not None:  # WILDS compares in UTC
-    when = when.astimezone(datetime.timezone.utc)
-  return when.year
+    raise SurgeryError(f'{path}: line {line}: {column} {value!r} is not a number') from None
 
 
-def fmow_regions(folder: str, codes) -> np.ndarray:
-  """Region index (REGIONS) of each alpha-3 country code; 'Other' if unmapped."""
-  path = os.path.join(folder, 'country_code_mapping.csv')
-  table = read_csv(path, ('alpha-3', 'region'))
-  region_of = dict(zip(table['alpha-3'], table['region']))
-  names = [region_of.get(c, 'Other') or 'Other' for c in codes]
-  unknown = sorted(set(names) - set(REGIONS))
-  if unknown:
-    raise SurgeryError(f'{path}: unknown region(s) {", ".join(unknown)}')
-  return np.array([REGIONS.index(n) for n in names], np.int64)
+def _check_files(name: str, tables: dict, path: str) -> None:
+  """A partial copy fails now, in one line: `CHECKED_FILES` evenly spaced rows of each
+  split are looked at (every one of Camelyon17's 455,954 would take seconds per run)."""
+  for table in tables.values():
+    gone = table.missing_files(sample=CHECKED_FILES)
+    if gone:
+      raise DataNotFoundError(f'{name}: {gone[0]} is listed in {path} but missing')
 
 
-def fmow(data_dir=None) -> dict:
-  """{'train', 'id_val', 'id_test', 'ood_val', 'ood_test'}: ImageTables labelled by
-  category, domain = region."""
-  folder = _bundle(data_dir, FMOW, ('rgb_metadata.csv', 'country_code_mapping.csv'),
-                   'rgb_metadata.csv + country_code_mapping.csv + images/rgb_img_<i>.png')
+# -------------------------------------------------------------------------- Camelyon17
+
+def camelyon17_patch(patient, node, x, y) -> str:
+  p, n = f'{int(patient):03d}', int(node)
+  return f'patches/patient_{p}_node_{n}/patch_patient_{p}_node_{n}_x_{int(x)}_y_{int(y)}.png'
+
+
+def read_camelyon17(data_dir=None) -> dict:
+  """{'train' | 'id_val' | 'ood_val' | 'ood_test': ImageTable}, labels = tumor,
+  domains = hospital. 'ood_val' is all of hospital 1, 'ood_test' all of hospital 2."""
+  folder = locate_camelyon17(data_dir)
+  path = os.path.join(folder, 'metadata.csv')
+  paths, labels, centers, splits = [], [], [], []
+  for line, (patient, node, x, y, tumor, center, split) in _rows(path, CAMELYON17_COLUMNS):
+    try:
+      paths.append(camelyon17_patch(patient, node, x, y))
+    except ValueError:
+      raise SurgeryError(f'{path}: line {line}: patient, node, x_coord and y_coord must be '
+                         f'integers, got {patient!r}, {node!r}, {x!r}, {y!r}') from None
+    labels.append(_int(tumor, 'tumor', path, line))
+    centers.append(_int(center, 'center', path, line))
+    splits.append(_int(split, 'split', path, line))
+  labels, centers, splits = (np.array(v, np.int64) for v in (labels, centers, splits))
+  for column, values, valid in (('tumor', labels, (0, 1)), ('split', splits, (0, 1)),
+                                ('center', centers, range(HOSPITALS))):
+    bad = values[~np.isin(values, list(valid))]
+    if bad.size:
+      raise SurgeryError(f'{path}: column {column} holds {bad[0]}, not one of '
+                         f'{", ".join(map(str, valid))}')
+  everything = ImageTable(folder, paths, labels, domains=centers)
+  source = ~np.isin(centers, (OOD_VAL_HOSPITAL, OOD_TEST_HOSPITAL))
+  tables = {'train': everything.subset(source & (splits == 0)),
+            'id_val': everything.subset(source & (splits == 1)),
+            'ood_val': everything.subset(centers == OOD_VAL_HOSPITAL),
+            'ood_test': everything.subset(centers == OOD_TEST_HOSPITAL)}
+  _check_files('Camelyon17-WILDS', tables, path)
+  return tables
+
+
+# -------------------------------------------------------------------------------- FMoW
+
+def read_region_mapping(path: str) -> dict:
+  """{alpha-3 code: region name} of country_code_mapping.csv; a region other than the
+  five named ones (Antarctica's blank) reads as 'Other'."""
+  mapping = {}
+  for _, (code, region) in _rows(path, ('alpha-3', 'region')):
+    mapping[code] = region if region in REGIONS[:OTHER] else 'Other'
+  return mapping
+
+
+def regions_of(country_codes: Sequence[str], mapping: dict) -> np.ndarray:
+  """Indices in `REGIONS` of each code; codes the mapping lacks are 'Other', as WILDS'
+  `countrycode_to_region.get(code, 'Other')`."""
+  return np.array([REGIONS.index(mapping.get(c, 'Other')) for c in country_codes], np.int64)
+
+
+_UTC = datetime.timezone.utc
+_OOD_TEST_START = datetime.datetime(OOD_TEST_FROM, 1, 1, tzinfo=_UTC)
+_OOD_VAL_START = datetime.datetime(OOD_VAL_FROM, 1, 1, tzinfo=_UTC)
+
+
+def time_period(timestamp: str) -> int:
+  """0 before 2013 (ID), 1 in 2013-2015 (OOD val years), 2 from 2016 (OOD test years),
+  comparing in UTC as WILDS does; a timestamp without a zone is taken as UTC."""
+  if timestamp.endswith('Z'):  # fMoW's form; fromisoformat reads 'Z' only from 3.11
+    timestamp = timestamp[:-1] + '+00:00'
+  t = datetime.datetime.fromisoformat(timestamp)
+  if t.tzinfo is None:
+    t = t.replace(tzinfo=_UTC)
+  return 2 if t >= _OOD_TEST_START else 1 if t >= _OOD_VAL_START else 0
+
+
+# (original split, time period) -> WILDS split under time_after_2016
+_FMOW_SPLIT_OF = {('train', 0): 'train', ('val', 0): 'id_val', ('test', 0): 'id_test',
+                  ('val', 1): 'ood_val', ('test', 2): 'ood_test'}
+_ORIGINAL_SPLITS = ('train', 'val', 'test', 'seq')
+
+
+def read_fmow(data_dir=None) -> dict:
+  """{'train' | 'id_val' | 'id_test' | 'ood_val' | 'ood_test': ImageTable}, labels =
+  category index in CATEGORIES, domains = region index in REGIONS."""
+  folder = locate_fmow(data_dir)
+  mapping = read_region_mapping(os.path.join(folder, 'country_code_mapping.csv'))
   path = os.path.join(folder, 'rgb_metadata.csv')
-  table = read_csv(path, ('split', 'category', 'country_code', 'timestamp'))
-  unknown = sorted(set(table['category']) - set(FMOW_CATEGORIES))
-  if unknown:
-    raise SurgeryError(f'{path}: unknown category {unknown[0]!r}')
-  rows = np.arange(len(table['split']))
-  original = np.array(table['split'])
-  years = np.array([_year_start(t, path) for t in table['timestamp']])
-  labels = np.array([FMOW_CATEGORIES.index(c) for c in table['category']], np.int64)
-  everything = ImageTable(folder, [f'images/rgb_img_{i}.png' for i in rows], labels,
-                          domains=fmow_regions(folder, table['country_code']))
-  test_ood = years >= FMOW_TEST_YEAR
-  val_ood = (years >= FMOW_TEST_YEAR - 3) & ~test_ood
-  ood = test_ood | val_ood
-  masks = {'train': ~ood & (original == 'train'), 'id_val': ~ood & (original == 'val'),
-           'id_test': ~ood & (original == 'test'), 'ood_val': val_ood & (original == 'val'),
-           'ood_test': test_ood & (original == 'test')}
-  out = {name: everything.subset(mask & (original != 'seq')) for name, mask in masks.items()}
-  _check_files(everything.subset(original != 'seq'), path)
-  return out
-
-
-def _check_files(table: ImageTable, listed_in: str) -> None:
-  gone = table.missing_files(sample=2000)  # 455k stats would take seconds per run
-  if gone:
-    raise DataNotFoundError(f'{gone[0]} is listed in {listed_in} but missing')
+  category_index = {c: i for i, c in enumerate(CATEGORIES)}
+  rows = {name: ([], [], []) for name in FMOW_SPLITS}  # paths, labels, regions
+  for i, (line, (split, category, code, timestamp)) in enumerate(_rows(path, FMOW_COLUMNS)):
+    if split not in _ORIGINAL_SPLITS:
+      raise SurgeryError(f'{path}: line {line}: split {split!r} is not one of '
+                         f'{", ".join(_ORIGINAL_SPLITS)}')
+    if split == 'seq':  # sequestered: WILDS drops them (they keep their row number)
+      continue
+    try:
+      period = time_period(timestamp)
+    except ValueError:
+      raise SurgeryError(f'{path}: line {line}: timestamp {timestamp!r} is not an ISO 8601 '
+                         'time') from None
+    name = _FMOW_SPLIT_OF.get((split, period))
+    if name is None:
+      continue
+    if category not in category_index:
+      raise SurgeryError(f'{path}: line {line}: category {category!r} is not one of the 62 '
+                         'FMoW categories')
+    paths, labels, regions = rows[name]
+    paths.append(f'images/rgb_img_{i}.png')
+    labels.append(category_index[category])
+    regions.append(REGIONS.index(mapping.get(code, 'Other')))
+  tables = {name: ImageTable(folder, p, np.array(y, np.int64), domains=np.array(r, np.int64))
+            for name, (p, y, r) in rows.items()}
+  _check_files('FMoW-WILDS', tables, path)
+  return tables

@@ -1,26 +1,48 @@
 """Camelyon17 and FMoW (WILDS): natural shifts, tuned from CLIP ViT-B/16 (paper Section
-2, A.3, A.4).
+2, Table 1, A.3, A.4).
 
-Source: WILDS' train split (stage 1 evaluates its in-distribution val split). Targets,
-drawn per seed, stratified by label:
+Source (stage 1): WILDS' train split; `source('val')` is WILDS' in-distribution val
+split (Camelyon17 id_val: hospitals 0, 3, 4; FMoW id_val: before 2013). See
+surgery/data/wilds.py for the layouts and WILDS' split rules.
 
-  camelyon17  shift 'hospital2' (the OOD test hospital, the paper's target; 'hospital1',
-              the OOD val hospital, also works): tune `tune_per_class` (50) and val
-              `val_per_class` (50) images per class, "100 label-balanced images ... for
-              fine-tuning" and "another 100 ... for tuning hyper-parameters"; test: the
-              rest of that hospital's images (about 85,000, decoded a batch at a time).
-  fmow        shift 'africa' (the OOD test images from Africa, the paper's target; any
-              other region name, or 'ood' for the whole OOD test, also works): tune
-              `tune_per_class` (1) per class, "62 label-balanced images"; the paper names
-              no validation set, so val takes `val_per_class` (1) more per class where a
-              class has them; test: the rest. Classes a region lacks are not drawn, and a
-              class with a single image is only tuned on, so tune may hold fewer than 62.
-              The 'ood' shift carries the region of every image as its domain and adds
-              acc_<region> to the metrics (WILDS reports the worst region).
+Targets, drawn per seed and stratified by label (`draw_per_class`):
+
+  camelyon17  'hospital2' (default): all of hospital 2, WILDS' OOD test and the paper's
+              target ("84,000 images in the target distribution (OOD test)");
+              'hospital1': all of hospital 1, WILDS' OOD val.
+              tune  `tune_per_class` (50) per class: "100 label-balanced images (50 per
+                    class) ... for fine-tuning"
+              val   `val_per_class` (50) more per class: "another 100 label-balanced
+                    target distribution images for tuning hyper-parameters"
+              test  the rest of that hospital (about 85,000 for hospital 2), decoded a
+                    batch at a time (LazyImages)
+              Each class must have more than tune + val images.
+  fmow        'africa' (default): WILDS' OOD test (2016 on) in Africa, the paper's "Africa
+              test ... roughly 2,500 images"; 'asia', 'europe', 'americas', 'oceania' the
+              same for another region; 'ood': the whole OOD test.
+              tune  `tune_per_class` (1) per class: "62 label-balanced images"
+              val   the paper names none; ours: `val_per_class` (1) more per class, from
+                    the classes that still have an image
+              test  the rest
+              A class the region lacks is not drawn, and a class with a single image is
+              only tuned on, so tune may hold fewer than 62 images and val fewer than
+              tune (Africa's OOD test lacks some of the 62 categories).
+
+FMoW's 'ood' shift carries each image's region: with it among the shifts, every FMoW
+target set is (images, labels, groups, domains) with groups = domains = the region's
+index in REGIONS, and the metrics add `acc_<region>` for the five regions and
+`group_balanced_acc` / `worst_group_acc` over regions (worst_group_acc is WILDS'
+headline worst-region accuracy). Images of WILDS' 'Other' region (country codes the
+mapping lacks) count in `acc` but carry group and domain -1, as WILDS leaves 'Other'
+out of the worst region. Without 'ood', the metric is accuracy alone.
 
 Images get CLIP's preprocessing: the short side resized to `image_size` (224) with a
-bicubic filter, then the centre square (Camelyon17's 96 px patches are upsampled;
-FMoW's 224 px images pass unchanged). The model normalises inside.
+bicubic filter, then the centre square (open_clip's Resize + CenterCrop; Camelyon17's
+96 px patches are upsampled, FMoW's 224 px images pass unchanged); uint8, since the
+model normalises inside. `image_size` must equal the model's. No augmentation: WILDS'
+ERM baselines train both datasets with 'image_base' (resize only) and the paper names
+none; `train_transform` (random-resized crop + flip) serves `source_stage.augment=True`.
+Selection: accuracy (`select_metric` 'acc').
 
 Config fields read: data_dir (else $SURGERY_DATA_DIR/wilds), corruptions (the shifts),
 tune_per_class, val_per_class, image_size.
@@ -31,12 +53,48 @@ import numpy as np
 
 from surgery.data import wilds
 from surgery.data.resize_crop import ResizeCrop
-from surgery.data.sources import LazyImages, Transformed
+from surgery.data.sources import LazyImages
+from surgery.data.splits import TargetSplit
+from surgery.data.transforms import TrainTransform
 from surgery.datasets.cifar10 import split_names
-from surgery.datasets.imagenet_c import _decode
+from surgery.datasets.metrics import metric_names
 from surgery.errors import SurgeryError
 
-REGION_SHIFTS = tuple(r.lower() for r in wilds.REGIONS[:5])
+CAMELYON17_SHIFTS = {'hospital2': 'ood_test', 'hospital1': 'ood_val'}  # shift -> split
+REGION_NAMES = tuple(r.lower() for r in wilds.REGIONS[:wilds.OTHER])
+FMOW_OOD = 'ood'
+FMOW_SHIFTS = ('africa',) + tuple(r for r in REGION_NAMES if r != 'africa') + (FMOW_OOD,)
+
+# name -> (classes, shifts (the first is the default), reader, tune and val per class,
+# whether every class must fill tune + val and keep one for the test)
+_KINDS = {
+    'camelyon17': (2, tuple(CAMELYON17_SHIFTS), wilds.read_camelyon17, 50, 50, True),
+    'fmow': (len(wilds.CATEGORIES), FMOW_SHIFTS, wilds.read_fmow, 1, 1, False),
+}
+
+
+def draw_per_class(labels, tune_per_class: int, val_per_class: int, seed: int,
+                   num_classes: int, strict: bool = True) -> TargetSplit:
+  """Sorted, disjoint (tune, val, test) indices: per class, seeded, `tune_per_class`
+  images, then `val_per_class`, the rest to test.
+
+  strict: every class must have more than tune + val images (else one line). Not
+  strict: a class gives what it has, tune first (so a class with one image is tune
+  only; an absent class gives nothing).
+  """
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  tune, val, test = [], [], []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    if strict and len(members) <= tune_per_class + val_per_class:
+      raise SurgeryError(f'class {c} has {len(members)} images, not more than tune_per_class '
+                         f'+ val_per_class = {tune_per_class + val_per_class}')
+    members = rng.permutation(members)
+    tune.append(members[:tune_per_class])
+    val.append(members[tune_per_class:tune_per_class + val_per_class])
+    test.append(members[tune_per_class + val_per_class:])
+  return TargetSplit(*(np.sort(np.concatenate(p)).astype(np.int64) for p in (tune, val, test)))
 
 
 class WildsDataset:
@@ -44,37 +102,57 @@ class WildsDataset:
   select_metric = 'acc'
 
   def __init__(self, name: str, config):
+    if name not in _KINDS:
+      raise SurgeryError(f'unknown WILDS dataset {name!r}; valid: {", ".join(_KINDS)}')
     self.name, self.config = name, config
+    (self.num_classes, self.shifts, self._read, tune, val, self.strict) = _KINDS[name]
     self.data_dir = config.get('data_dir') or None
-    fmow = name == 'fmow'
-    self.num_classes = len(wilds.FMOW_CATEGORIES) if fmow else 2
+    self.tune_per_class = config.get('tune_per_class', tune)
+    self.val_per_class = config.get('val_per_class', val)
     self.image_size = config.get('image_size', 224)
-    self.tune_per_class = config.get('tune_per_class', 1 if fmow else 50)
-    self.val_per_class = config.get('val_per_class', 1 if fmow else 50)
-    self.shifts = ('africa',) + tuple(r for r in REGION_SHIFTS if r != 'africa') + ('ood',) \
-        if fmow else ('hospital2', 'hospital1')
-    self.domain_names = tuple(r.lower() for r in wilds.REGIONS) if fmow else ()
-    self.metrics = ('acc',) + tuple(f'acc_{d}' for d in self.domain_names)
-    self.eval_transform = ResizeCrop(resize=self.image_size, crop=self.image_size,
-                                     filter='bicubic')
-    self.train_transform = None  # the paper names no augmentation
+    size = self.image_size if isinstance(self.image_size, int) else 224  # checked later
+    self.eval_transform = ResizeCrop(resize=size, crop=size, filter='bicubic')
+    self.train_transform = TrainTransform(size)
+    self.with_regions = FMOW_OOD in self._names()
+    self.domain_names = REGION_NAMES if self.with_regions else ()
+    self.metrics = metric_names(self.with_regions, self.domain_names)
+
+  def _names(self) -> list:
+    return split_names(self.config.get('corruptions', ())) or [self.shifts[0]]
 
   @functools.cached_property
   def splits(self) -> dict:
-    return (wilds.fmow if self.name == 'fmow' else wilds.camelyon17)(self.data_dir)
+    return self._read(self.data_dir)
 
   def shift_names(self, groups=None) -> list:
+    """The validated shifts; reads the metadata (missing data: one line) and checks
+    that each shift's images fill the draw."""
     for field in ('tune_per_class', 'val_per_class', 'image_size'):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SurgeryError(f'{field} must be an integer >= 1, got {value!r}')
-    names = split_names(self.config.get('corruptions', ())) or [self.shifts[0]]
+    names = self._names()
     for n in names:
       if n not in self.shifts:
         raise SurgeryError(f'corruptions: {self.name} has the shifts {", ".join(self.shifts)}; '
                            f'got {n!r}')
-    self.splits  # missing data: one line, now  # pylint: disable=pointless-statement
+    if len(set(names)) != len(names):
+      raise SurgeryError(f'corruptions: a shift is named twice in {", ".join(names)}')
+    for n in names:
+      self._check_pool(n)
     return names
+
+  def _check_pool(self, shift: str) -> None:
+    counts = np.bincount(self.target(shift).labels, minlength=self.num_classes)
+    if self.strict:
+      need = self.tune_per_class + self.val_per_class
+      if counts.min() <= need:
+        raise SurgeryError(f'{self.name} {shift}: class {counts.argmin()} has {counts.min()} '
+                           f'images, not more than tune_per_class + val_per_class = {need}')
+    elif not (counts > self.tune_per_class + self.val_per_class).any():
+      raise SurgeryError(f'{self.name} {shift}: no class has more than tune_per_class + '
+                         f'val_per_class = {self.tune_per_class + self.val_per_class} images '
+                         f'({counts.sum()} images): nothing would be left to test on')
 
   def source(self, split: str = 'train'):
     key = {'train': 'train', 'val': 'id_val'}.get(split)
@@ -82,45 +160,36 @@ class WildsDataset:
       raise SurgeryError(f'{self.name} has the source splits train and val, not {split!r}')
     return self.splits[key]
 
-  def _pool(self, shift: str):
+  def target(self, shift: str):
+    """Every image of `shift` (an ImageTable of encoded images, domain = region or
+    hospital)."""
     if self.name == 'camelyon17':
-      return self.splits[shift]
+      return self.splits[CAMELYON17_SHIFTS[shift]]
     test = self.splits['ood_test']
-    if shift == 'ood':
+    if shift == FMOW_OOD:
       return test
-    return test.subset(test.domains == wilds.REGIONS.index(shift.capitalize()))
+    return test.subset(test.domains == REGION_NAMES.index(shift))
 
-  def split(self, labels, seed: int):
-    """(tune, val, test) indices: up to tune_per_class, then val_per_class, per class."""
-    rng = np.random.default_rng(seed)
-    tune, val, test = [], [], []
-    for c in np.unique(labels):
-      members = rng.permutation(np.flatnonzero(labels == c))
-      a, b = self.tune_per_class, self.tune_per_class + self.val_per_class
-      tune.append(members[:a])
-      val.append(members[a:b])
-      test.append(members[b:])
-    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in (tune, val, test))
+  def split(self, shift: str, labels, seed: int) -> TargetSplit:
+    return draw_per_class(labels, self.tune_per_class, self.val_per_class, seed,
+                          self.num_classes, self.strict)
 
   def target_sets(self, shift: str, seed: int) -> tuple:
-    """(tune, val, test); FMoW's 'ood' shift adds (groups=None, domains=region)."""
-    pool = self._pool(shift)
-    if self.name == 'camelyon17':
-      counts = np.bincount(pool.labels, minlength=2)
-      if counts.min() <= self.tune_per_class + self.val_per_class:
-        raise SurgeryError(f'{shift}: class {counts.argmin()} has {counts.min()} images, not '
-                           'more than tune_per_class + val_per_class')
-    tune, val, test = self.split(pool.labels, seed)
-    if not len(val) or not len(test):
-      raise SurgeryError(f'{shift}: too few images for tune_per_class={self.tune_per_class} '
-                         f'and val_per_class={self.val_per_class}')
+    """(tune, val, test): (uint8 images, int32 labels) each, plus (groups, domains) =
+    regions where 'ood' is among the shifts. Tune and val decoded, test lazily."""
+    pool = self.target(shift)
+    draw = self.split(shift, pool.labels, seed)
+    if not len(draw.val) or not len(draw.test):
+      raise SurgeryError(f'{self.name} {shift}: too few images for tune_per_class='
+                         f'{self.tune_per_class} and val_per_class={self.val_per_class}')
     out = []
-    for idx in (tune, val, test):
-      images = (LazyImages(pool, idx, self.eval_transform) if idx is test
-                else _decode(Transformed(pool, self.eval_transform), idx)[0])
-      entry = (images, pool.labels[idx].astype(np.int32))
-      if shift == 'ood':
-        entry += (None, pool.domains[idx].astype(np.int32))
+    for idx in draw:
+      images = LazyImages(pool, idx, self.eval_transform)
+      entry = (images if idx is draw.test else images[:], pool.labels[idx].astype(np.int32))
+      if self.with_regions:
+        regions = pool.domains[idx].astype(np.int32)
+        regions[regions == wilds.OTHER] = -1  # left out of the per-region metrics
+        entry += (regions, regions.copy())
       out.append(entry)
     return tuple(out)
 
@@ -128,10 +197,8 @@ class WildsDataset:
     return params
 
 
-
 def create(config, name: str) -> WildsDataset:
-  if name not in ('camelyon17', 'fmow'):
-    raise SurgeryError(f'unknown WILDS dataset {name!r}')
   ds = WildsDataset(name, config)
-  ds.splits  # missing data: one line, now  # pylint: disable=pointless-statement
+  # A missing root or metadata file: one line now; the tables are read by shift_names.
+  (wilds.locate_fmow if name == 'fmow' else wilds.locate_camelyon17)(ds.data_dir)
   return ds
