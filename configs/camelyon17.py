@@ -19,7 +19,7 @@ of WILDS' own Camelyon17 ERM baseline (p-lambda/wilds examples/configs/datasets.
 and inside the range Kumar et al. (2022b) sweep for SGD fine-tuning of CLIP ViTs.
 
 Stage 2: per method x lr x seed, 10 epochs of SGD (momentum 0.9, no weight decay: "the
-same setting as before"; constant lr, since the fine-tuner has no schedule) on 50 + 50
+same setting as before", so cosine annealing over the run's steps too) on 50 + 50
 label-balanced images of hospital 2 (WILDS' OOD test), the epoch and lr picked on
 accuracy over 50 + 50 more, tested on the rest (about 85,000). The paper's 8 target lrs
 were lost from our copy too: we sweep 8 log-spaced values at half-decade steps,
@@ -51,6 +51,7 @@ def get_config(arg=None):
   c.lrs = LRS
   c.last_lrs = LRS
   c.optimizer = 'sgd'  # momentum 0.9 (surgery.optim.base_optimizer)
+  c.schedule = 'cosine'  # the paper's target stage keeps stage 1's cosine annealing
   c.weight_decay = 0.0
   c.epochs = 10
   c.batch_size = 32

@@ -16,7 +16,7 @@ images from before 2013, about 77,000), SGD with momentum 0.9, cosine decay to 0
 32, 5 epochs, the last kept, as the paper; lr 1e-3, our pick as for Camelyon17 (the
 paper's value was lost from our copy; WILDS' FMoW baseline uses Adam, so it gives no SGD
 value). Stage 2: per method x lr x seed, 10 epochs of SGD (momentum 0.9, no weight
-decay, constant lr) on one image per class of WILDS' OOD test images (2016 on) from
+decay, cosine annealing as stage 1) on one image per class of WILDS' OOD test images (2016 on) from
 Africa (the paper's "Africa test", about 2,500 images; classes Africa lacks are not
 drawn, so up to 62), one more per class where a class has it to pick the epoch and lr
 (the paper names no validation set: ours), tested on the rest. The 8 target lrs are our

@@ -25,11 +25,24 @@ class NonFiniteError(SurgeryError):
   """A gradient update or the loss became NaN or infinite: the run stops."""
 
 
+SCHEDULES = ('constant', 'cosine')
+
+
 def make_optimizer(config, method, lr, mask, ctx: Context):
   """The base optimizer with the lr injected into its state, so one compiled step
-  serves the whole lr grid; wrapped by the method, then frozen outside `mask`."""
+  serves the whole lr grid; wrapped by the method, then frozen outside `mask`.
+
+  `config.schedule='cosine'` (the WILDS configs: the paper's target stage keeps its
+  source stage's cosine annealing) scales every update by (1 + cos(pi t / T)) / 2 over
+  the run's T = epochs x steps-per-epoch steps, which for Adam, SGD with momentum and
+  AdamW is the same as annealing the lr; the factor depends only on the step count, so
+  the step stays shared across lrs. 'constant' (default) leaves the lr as it is.
+  """
   base = optax.inject_hyperparams(surgery.base_optimizer, static_args=('name', 'weight_decay'))(
       name=config.optimizer, learning_rate=lr, weight_decay=config.weight_decay)
+  if config.get('schedule', 'constant') == 'cosine':
+    total = max(1, int(config.epochs) * ctx.steps_per_epoch)
+    base = optax.chain(base, optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, total)))
   if method.wrap is not None:
     base = method.wrap(base, ctx)
   return surgery.surgical(base, mask)

@@ -121,6 +121,8 @@ def _check_training_fields(config):
   _int_at_least(config, 'batch_size', 1)
   _int_at_least(config, 'eval_batch_size', 1)
   _one_of(config.optimizer, 'optimizer', BASE_OPTIMIZERS)
+  from experiments.finetune import SCHEDULES
+  _one_of(config.get('schedule', 'constant'), 'schedule', SCHEDULES)
   if not float(config.weight_decay) >= 0:
     raise SurgeryError(f'weight_decay must be >= 0, got {config.weight_decay!r}')
   _one_of(config.model.get('bn_mode', 'eval'), 'model.bn_mode', ('eval', 'train'))

@@ -79,3 +79,6 @@ def test_dataset_registry_and_metrics():
   # Unequal groups: balanced accuracy weighs each group once, plain accuracy each image.
   got = compute_metrics([0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1])
   assert got == pytest.approx({'acc': 0.5, 'group_balanced_acc': 1 / 3, 'worst_group_acc': 0.0})
+  # A negative group (FMoW's 'Other' region) counts in acc only.
+  got = compute_metrics([0, 0, 1, 0], [0, 0, 0, 1], [0, 0, -1, -1])
+  assert got == pytest.approx({'acc': 0.5, 'group_balanced_acc': 1.0, 'worst_group_acc': 1.0})

@@ -167,3 +167,28 @@ def test_batchnorm_classic_train_mode_moves_every_layer(bn):
   after = jax.tree_util.tree_leaves(state.model_state)
   assert len(before) == len(after) > 0
   assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_cosine_schedule_anneals_every_update_and_keeps_the_step_shared():
+  """config.schedule='cosine' scales update t by (1 + cos(pi t / T)) / 2; the lr stays in
+  the optimizer state, so one optimizer structure serves every lr."""
+  import ml_collections
+  from experiments.finetune import make_optimizer
+  from surgery.methods.registry import Context
+  config = ml_collections.ConfigDict(dict(optimizer='sgd', weight_decay=0.0, epochs=2,
+                                          schedule='cosine'))
+  method = type('M', (), {'wrap': None})()
+  params = {'w': np.zeros(1, np.float32)}
+  ctx = Context(steps_per_epoch=5, group_labels=None, groups=(), settings=None, hparam=None)
+  steps = {}
+  for lr in (0.1, 0.01):
+    tx = make_optimizer(config, method, lr, {'w': True}, ctx)
+    state, sizes = tx.init(params), []
+    for _ in range(10):
+      updates, state = tx.update({'w': np.ones(1, np.float32)}, state, params)
+      sizes.append(-float(updates['w'][0]))
+    steps[lr] = sizes
+  momentum = [sum(0.9 ** k for k in range(t + 1)) for t in range(10)]
+  want = [0.1 * m * (1 + np.cos(np.pi * t / 10)) / 2 for t, m in enumerate(momentum)]
+  np.testing.assert_allclose(steps[0.1], want, rtol=1e-5)
+  np.testing.assert_allclose(np.array(steps[0.01]) * 10, steps[0.1], rtol=1e-5)

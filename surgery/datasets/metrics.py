@@ -4,7 +4,8 @@
   group_balanced_acc   the mean over the groups present of each group's accuracy: the
                        accuracy on a test set with equal numbers per group, which is
                        what Waterbirds' and CelebA's balanced target distribution means
-  worst_group_acc      the lowest accuracy over the groups present (Sagawa et al.'s metric)
+  worst_group_acc      the lowest accuracy over the groups present (Sagawa et al.'s metric);
+                       examples of a negative group count in `acc` only
   acc_<domain>         accuracy on one domain (a WILDS region or hospital)
 
 Example: labels [0, 0, 0, 1], predictions [0, 0, 1, 0], groups [0, 0, 0, 1]: group 0
@@ -35,7 +36,9 @@ def compute_metrics(preds, labels, groups: Optional[np.ndarray] = None,
   out = {'acc': float(hits.sum()) / max(len(hits), 1)}
   if groups is not None:
     groups = np.asarray(groups)
-    per_group = [float(hits[groups == g].mean()) for g in np.unique(groups)]
+    # A negative group counts in `acc` only (FMoW's 'Other' region, which WILDS leaves
+    # out of the worst region).
+    per_group = [float(hits[groups == g].mean()) for g in np.unique(groups[groups >= 0])]
     out['group_balanced_acc'] = float(np.mean(per_group)) if per_group else float('nan')
     out['worst_group_acc'] = min(per_group) if per_group else float('nan')
   if domains is not None:
