@@ -5,6 +5,7 @@ metrics after every epoch, keep the parameters of the best epoch on the plan's
 selection metric (`config.select_metric`, else the dataset's), and evaluate them once
 on the target test set.
 """
+import functools
 import math
 
 import jax
@@ -98,9 +99,10 @@ class Finetuner:
     """The group boundary up to which everything is frozen (0: none), where the model
     can be cut there and the prefix's output depends only on the input: frozen layers
     run in eval mode, target sets are not augmented, and no method hook needs the whole
-    model. One process only (the activations are gathered on the host)."""
+    model. With several processes every host gathers the activations of every image,
+    as it holds every image of the (small) target sets."""
     if (not self.spec.cuts or not self.config.get('reuse_frozen_prefix', True)
-        or method.before_epoch or jax.process_count() > 1):
+        or method.before_epoch):
       return 0
     names = group_names(self.spec.groups)
     labels = assign_groups(mask, self.spec.groups)
@@ -222,8 +224,16 @@ def _outputs(apply, params, model_state, images, batch_size, mesh) -> np.ndarray
     real = len(x)
     if real < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - real,) + x.shape[1:], x.dtype)])
-    out.append(np.asarray(apply(params, model_state, surgery.shard_batch(mesh, x)))[:real])
+    y = apply(params, model_state, surgery.shard_batch(mesh, x))
+    if mesh is not None:  # batch-sharded over the processes: every host gets all rows
+      y = _gather(mesh)(y)
+    out.append(np.asarray(surgery.train.to_host(y))[:real])
   return np.concatenate(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _gather(mesh):
+  return jax.jit(lambda y: y, out_shardings=surgery.train.replicated(mesh))
 
 
 def _check_finite(step_metrics, names, first_step):
