@@ -221,15 +221,3 @@ class LazyImages:
   def __repr__(self) -> str:
     return f'LazyImages({self.shape}, of {self.source!r})'
 
-
-class Transformed:
-  """`source`'s examples through `transform` (e.g. an EvalTransform), random access."""
-
-  def __init__(self, source, transform):
-    self.source, self.transform = source, transform
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def __getitem__(self, i) -> dict:
-    return self.transform(self.source[i])

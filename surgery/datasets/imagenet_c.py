@@ -33,7 +33,6 @@ name], ...] json, else $SURGERY_DATA_DIR/breeds/dataset_class_info.json if it is
 
 mCE (paper Table 6): `mce` below.
 """
-import concurrent.futures
 import functools
 import os
 from typing import Mapping, Sequence, Union
@@ -45,6 +44,7 @@ from surgery.data.cifar10 import DATA_DIR_ENV
 from surgery.data.imagenet_c import (CORRUPTIONS, LAYOUTS, NUM_CLASSES, check_corruption,
                                      imagenet_c_root, imagenet_c_source, locate_imagenet_c,
                                      read_class_index)
+from surgery.data.sources import LazyImages
 from surgery.data.splits import TargetSplit
 from surgery.data.transforms import EvalTransform
 from surgery.datasets.cifar10 import split_names
@@ -67,7 +67,6 @@ ALEXNET_ERRORS = {
 }
 
 Errors = Union[float, Sequence[float]]
-_DECODE_THREADS = 8
 
 
 def corruption_error(errors: Errors, corruption: str,
@@ -205,7 +204,11 @@ class ImageNetC:
     """(tune, val, test), each (uint8 [n, 224, 224, 3], int32 labels), for one seed."""
     target = self.target(shift)
     split = self.split(shift, target.labels, seed)
-    return tuple(_decode(target, idx) for idx in (split.tune, split.val, split.test))
+    # Decoded on threads into one array (Pillow decodes outside the GIL): the 50,000
+    # JPEGs of a corruption take about a minute on one core.
+    return tuple((LazyImages(target.pool, idx, target.transform)[:],
+                  np.asarray(target.labels)[idx].astype(np.int32))
+                 for idx in (split.tune, split.val, split.test))
 
   def perturb(self, shift, params, groups):
     return params
@@ -235,21 +238,6 @@ def mce_markdown(table, methods, shifts, severity: int = 5) -> list:
           f'Severity-{severity} top-1 error over AlexNet\'s error averaged over severities '
           f'1-5, per corruption, averaged over {scope}; from the mean test accuracy above.', '',
           '| method | mCE |', '|---|---|'] + lines + ['']
-
-
-def _decode(target: Decoded, indices: np.ndarray) -> tuple:
-  """(images, int32 labels) of `indices`, decoded on threads: the 50,000 JPEGs of a
-  corruption take about a minute on one core, and Pillow decodes outside the GIL."""
-  workers = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
-  images, labels = None, np.empty(len(indices), np.int32)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for k, example in enumerate(pool.map(target.__getitem__, indices.tolist())):
-      if images is None:  # filled in place: a list of 40,000 images would double the peak
-        images = np.empty((len(indices),) + example['image'].shape, np.uint8)
-      images[k], labels[k] = example['image'], example['label']
-  if images is None:
-    raise SurgeryError('no examples to decode')
-  return images, labels
 
 
 def create(config, name: str = 'imagenet_c') -> ImageNetC:

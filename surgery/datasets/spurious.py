@@ -39,10 +39,9 @@ import numpy as np
 
 from surgery.data import celeba, target_split, waterbirds
 from surgery.data.resize_crop import ResizeCrop
-from surgery.data.sources import LazyImages, Transformed
+from surgery.data.sources import LazyImages
 from surgery.data.transforms import TrainTransform
 from surgery.datasets.cifar10 import split_names
-from surgery.datasets.imagenet_c import _decode
 from surgery.datasets.metrics import GROUP_METRICS
 from surgery.errors import SurgeryError
 
@@ -103,9 +102,9 @@ class SpuriousDataset:
     val = self.splits['val']
     draw = target_split(val.groups, self.tune_per_group, 0, seed, num_classes=4)
     out = []
-    for table, idx in ((val, draw.tune), (val, draw.test)):
-      images, labels = _decode(Transformed(table, self.eval_transform), idx)
-      out.append((images, labels, table.groups[idx].astype(np.int32)))
+    for idx in (draw.tune, draw.test):
+      out.append((LazyImages(val, idx, self.eval_transform)[:], val.labels[idx].astype(np.int32),
+                  val.groups[idx].astype(np.int32)))
     test = self.splits['test']
     out.append((LazyImages(test, None, self.eval_transform), test.labels.astype(np.int32),
                 test.groups.astype(np.int32)))
