@@ -5,7 +5,6 @@ metrics after every epoch, keep the parameters of the best epoch on the plan's
 selection metric (`config.select_metric`, else the dataset's), and evaluate them once
 on the target test set.
 """
-import functools
 import math
 
 import jax
@@ -138,8 +137,9 @@ class Finetuner:
       self._prefix, self._prefix_of = {}, sources  # new target sets: drop the old ones
     if cut not in self._prefix:
       head = surgery.make_predict(self.spec.module.clone(stop=cut), self.mesh)
-      self._prefix[cut] = [_outputs(head, params, model_state, d[0],
-                                    self.config.eval_batch_size, self.mesh) for d in sets]
+      batch = self.config.eval_batch_size
+      self._prefix[cut] = [surgery.train.batched_outputs(head, params, model_state, d[0],
+                                                         batch, self.mesh) for d in sets]
     return tuple((x,) + tuple(d[1:]) for x, d in zip(self._prefix[cut], sets))
 
   def metrics(self, params, model_state, data, predict=None):
@@ -212,28 +212,6 @@ class Finetuner:
     fields = dict(best_epoch=best_epoch, **{f'val_{k}': v for k, v in best_metrics.items()},
                   **{f'test_{k}': v for k, v in test_metrics.items()})
     return fields, history, (rgn_weights or None)
-
-
-def _outputs(apply, params, model_state, images, batch_size, mesh) -> np.ndarray:
-  """`apply` over `images` in fixed-size batches (the last padded), gathered on the host."""
-  if mesh is not None:
-    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-  out = []
-  for start in range(0, len(images), batch_size):
-    x = np.asarray(images[start:start + batch_size])
-    real = len(x)
-    if real < batch_size:
-      x = np.concatenate([x, np.zeros((batch_size - real,) + x.shape[1:], x.dtype)])
-    y = apply(params, model_state, surgery.shard_batch(mesh, x))
-    if mesh is not None:  # batch-sharded over the processes: every host gets all rows
-      y = _gather(mesh)(y)
-    out.append(np.asarray(surgery.train.to_host(y))[:real])
-  return np.concatenate(out)
-
-
-@functools.lru_cache(maxsize=None)
-def _gather(mesh):
-  return jax.jit(lambda y: y, out_shardings=surgery.train.replicated(mesh))
 
 
 def _check_finite(step_metrics, names, first_step):

@@ -211,24 +211,44 @@ def make_predict(model, mesh: Optional[Mesh] = None):
   return jax.jit(predict, in_shardings=(rep, rep, dat), out_shardings=dat)
 
 
-def predictions(predict, params, model_state, images: np.ndarray, batch_size: int = 512,
-                mesh: Optional[Mesh] = None) -> np.ndarray:
-  """Predicted classes over a whole array, in fixed-size batches (the last one padded),
-  so one compiled shape serves any dataset size. On a mesh the batch is rounded up to a
-  multiple of the device count, so any batch size splits."""
+def batched_outputs(apply, params, model_state, images, batch_size: int = 512,
+                    mesh: Optional[Mesh] = None, finish=None) -> np.ndarray:
+  """`apply(params, model_state, batch)` over a whole array in fixed-size batches (the
+  last one padded), so one compiled shape serves any dataset size, gathered on the host.
+  On a mesh the batch is rounded up to a multiple of the device count, so any batch size
+  splits. `finish` (jitted) turns each batch's output into an array every process can
+  read; by default the output itself, replicated."""
   if batch_size < 1:
     raise SurgeryError(f'evaluation batch size must be >= 1, got {batch_size}')
   if mesh is not None:
     batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  finish = finish or _gathered(mesh)
   out = []
   for start in range(0, len(images), batch_size):
-    x = images[start:start + batch_size]
+    x = np.asarray(images[start:start + batch_size])
     real = len(x)
     if real < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - real, *x.shape[1:]), x.dtype)])
-    logits = predict(params, model_state, shard_batch(mesh, x))
-    out.append(np.asarray(_classes(mesh)(logits))[:real])
-  return np.concatenate(out) if out else np.zeros([0], np.int64)
+    y = finish(apply(params, model_state, shard_batch(mesh, x)))
+    out.append(np.asarray(to_host(y))[:real])
+  return np.concatenate(out)
+
+
+def predictions(predict, params, model_state, images: np.ndarray, batch_size: int = 512,
+                mesh: Optional[Mesh] = None) -> np.ndarray:
+  """Predicted classes over a whole array (`batched_outputs` of the argmax)."""
+  if len(images) == 0:
+    return np.zeros([0], np.int64)
+  return batched_outputs(predict, params, model_state, images, batch_size, mesh,
+                         finish=_classes(mesh))
+
+
+@functools.lru_cache(maxsize=None)
+def _gathered(mesh: Optional[Mesh]):
+  """Identity, with a batch-sharded array gathered onto every device of the mesh."""
+  if mesh is None:
+    return lambda y: y
+  return jax.jit(lambda y: y, out_shardings=replicated(mesh))
 
 
 @functools.lru_cache(maxsize=None)
