@@ -24,12 +24,12 @@ Where: `data_dir`, else `$SURGERY_DATA_DIR/celeba`. Layouts (`layout`, the confi
   attributes, which array_record only gives by reading whole records: that one pass is
   cached as .npz in $SURGERY_CACHE_DIR, keyed by the shard files' names, sizes and mtimes.
 """
-import hashlib
 import os
 
 import numpy as np
 
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError, cache_dir, cached_arrays
+from surgery.data import tfds_records
+from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
 from surgery.data.imagenet import _has_format, _tfds_versions
 from surgery.data.sources import _index_in
 from surgery.data.image_table import ImageTable, int_column, read_csv
@@ -42,8 +42,6 @@ GROUP_NAMES = ('dark-haired woman', 'dark-haired man', 'blond woman', 'blond man
 ATTR_FILE, PARTITION_FILE, IMAGES = 'list_attr_celeba.csv', 'list_eval_partition.csv', 'img_align_celeba'
 TFDS_NAME = 'celeb_a'
 LAYOUTS = ('raw', 'tfds')
-_CACHE_VERSION = 1
-_SCAN_CHUNK = 1024
 
 
 def _root(data_dir=None) -> str:
@@ -129,21 +127,11 @@ def _read_raw(root: str) -> dict:
 
 def _scan_attributes(records, version_dir: str, tfds_split: str, cache) -> dict:
   """{'label', 'group'} of every record, by one pass over the records (cached)."""
-  def build():
-    blond = np.empty(len(records), np.int64)
-    male = np.empty(len(records), np.int64)
-    for start in range(0, len(records), _SCAN_CHUNK):
-      keys = range(start, min(start + _SCAN_CHUNK, len(records)))
-      for k, r in zip(keys, records.__getitems__(keys)):
-        blond[k], male[k] = bool(r['attributes'][TARGET]), bool(r['attributes'][SPURIOUS])
-    return {'label': blond, 'group': 2 * blond + male}
-
-  if cache is False:
-    return build()
-  shards = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                  for e in os.scandir(version_dir) if f'-{tfds_split}.array_record-' in e.name)
-  key = hashlib.sha256(f'{version_dir}|{tfds_split}|{shards}|{_CACHE_VERSION}'.encode()).hexdigest()
-  return cached_arrays(os.path.join(cache_dir(cache), f'celeba-groups-{key[:16]}.npz'), build)
+  def read(record):
+    blond = int(bool(record['attributes'][TARGET]))
+    return blond, 2 * blond + int(bool(record['attributes'][SPURIOUS]))
+  return tfds_records.scan(records, version_dir, tfds_split, cache, 'celeba-groups', read,
+                           ('label', 'group'))
 
 
 class TfdsCelebaSource:
@@ -154,27 +142,17 @@ class TfdsCelebaSource:
   """
 
   def __init__(self, version_dir, split: str, cache=None):
-    import tensorflow_datasets as tfds  # only this layout needs it
     if split not in TFDS_SPLITS:
       raise SurgeryError(f'unknown CelebA split {split!r}; valid: {", ".join(TFDS_SPLITS)}')
     self.version_dir = os.path.abspath(str(version_dir))
     tfds_split = TFDS_SPLITS[split]
-    try:
-      builder = tfds.builder_from_directory(self.version_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      reason = (str(e).strip().splitlines() or [''])[0][:200]
-      raise DataNotFoundError(f'cannot read TFDS dataset at {self.version_dir} '
-                              f'({type(e).__name__}: {reason})') from None
-    if tfds_split not in builder.info.splits:
-      raise DataNotFoundError(f'TFDS dataset at {self.version_dir} has no {tfds_split!r} split '
-                              f'(has {", ".join(builder.info.splits)})')
+    builder, records = tfds_records.open_split(self.version_dir, tfds_split)
     attributes = builder.info.features['attributes'] if 'attributes' in builder.info.features else {}
     absent = [a for a in (TARGET, SPURIOUS) if a not in attributes]
     if absent:
       raise DataNotFoundError(f'TFDS dataset at {self.version_dir} has no attribute(s) '
                               f'{", ".join(absent)}: not celeb_a?')
-    self._records = builder.as_data_source(
-        split=tfds_split, decoders={'image': tfds.decode.SkipDecoding()})
+    self._records = records
     self._split, self._cache, self._columns = tfds_split, cache, None
 
   def __len__(self) -> int:

@@ -42,6 +42,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 import numpy as np
 
 from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError, cache_dir, cached_arrays
+from surgery.data import tfds_records
 from surgery.data.sources import _index_in
 from surgery.errors import SurgeryError
 
@@ -52,7 +53,6 @@ SPLITS = {'train': ('train', 'train'), 'val': ('val', 'validation'),
           'validation': ('val', 'validation')}
 IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png')
 _CACHE_VERSION = 1
-_LABEL_SCAN_CHUNK = 1024
 
 
 # -------------------------------------------------------------------------- locating
@@ -291,21 +291,8 @@ class ImageFolderSource:
 
 def _record_labels(records, version_dir: str, split: str, cache) -> np.ndarray:
   """Every record's TFDS label, by one pass over the records (cached)."""
-  def build():
-    labels = np.empty(len(records), np.int64)
-    for start in range(0, len(records), _LABEL_SCAN_CHUNK):
-      keys = range(start, min(start + _LABEL_SCAN_CHUNK, len(records)))
-      labels[start:keys.stop] = [int(r['label']) for r in records.__getitems__(keys)]
-    return {'labels': labels}
-
-  if cache is False:
-    return build()['labels']
-  shards = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                  for e in os.scandir(version_dir) if f'-{split}.array_record-' in e.name)
-  key = hashlib.sha256(f'{os.path.abspath(version_dir)}|{split}|{shards}|'
-                       f'{_CACHE_VERSION}'.encode()).hexdigest()[:16]
-  path = os.path.join(cache_dir(cache), f'imagenet-labels-{key}.npz')
-  return cached_arrays(path, build)['labels']
+  return tfds_records.scan(records, version_dir, split, cache, 'imagenet-labels',
+                           lambda r: (int(r['label']),), ('labels',))['labels']
 
 
 class TfdsImagenetSource:
@@ -319,20 +306,9 @@ class TfdsImagenetSource:
 
   def __init__(self, version_dir, split: str, *, wnids=None, class_index=None,
                label_of=None, cache=None):
-    import tensorflow_datasets as tfds  # only this layout needs it (0.4 s to import)
     self.version_dir = os.path.abspath(str(version_dir))
     tfds_split = _split_names(split)[1]
-    try:
-      builder = tfds.builder_from_directory(self.version_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      reason = (str(e).strip().splitlines() or [''])[0][:200]
-      raise DataNotFoundError(f'cannot read TFDS dataset at {self.version_dir} '
-                              f'({type(e).__name__}: {reason})') from None
-    if tfds_split not in builder.info.splits:
-      raise DataNotFoundError(f'TFDS dataset at {self.version_dir} has no {tfds_split!r} split '
-                              f'(has {", ".join(builder.info.splits)})')
-    self._records = builder.as_data_source(
-        split=tfds_split, decoders={'image': tfds.decode.SkipDecoding()})
+    builder, self._records = tfds_records.open_split(self.version_dir, tfds_split)
     label_names = list(builder.info.features['label'].names)  # wnids in TFDS label order
     if class_index is None:
       class_index = {w: i for i, w in enumerate(label_names)}
