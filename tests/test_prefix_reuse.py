@@ -53,22 +53,27 @@ def _config(reuse):
   return c
 
 
-@pytest.mark.parametrize('method', ['last', 'block2'])
-def test_a_run_picks_the_same_epoch_and_scores_the_same(method):
-  variables = SPEC.init(1)
+def _assert_same_run(spec, variables, method, lr, cut):
+  """One run with and one without the cache: the cached one used activations at `cut`
+  only, and both pick the same epoch with the same val and test accuracy and losses."""
   params = variables['params']
+  state = {k: v for k, v in variables.items() if k != 'params'}
   sets = (_images(48, 1), _images(32, 2), _images(40, 3))
   out = {}
   for reuse in (False, True):
-    runner = finetune.Finetuner(SPEC, _config(reuse))
-    fields, history, _ = runner.run(params, {}, registry.resolve(method, SPEC), 1e-2, 0, *sets)
-    out[reuse] = fields, history, runner
-  (f0, h0, _), (f1, h1, runner) = out[False], out[True]
-  assert runner._prefix and not out[False][2]._prefix  # the cached path did run
-  assert f0['best_epoch'] == f1['best_epoch'] and f0['test_acc'] == f1['test_acc']
-  assert f0['val_acc'] == f1['val_acc']
+    runner = finetune.Finetuner(spec, _config(reuse))
+    out[reuse] = runner.run(params, state, registry.resolve(method, spec), lr, 0, *sets), runner
+  ((f0, h0, _), uncached), ((f1, h1, _), cached) = out[False], out[True]
+  assert list(cached._prefix) == [cut] and not uncached._prefix
+  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
+                                                               f1['test_acc'])
   for e0, e1 in zip(h0, h1):
     assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+
+
+@pytest.mark.parametrize('method, cut', [('last', 4), ('block2', 2)])
+def test_a_run_picks_the_same_epoch_and_scores_the_same(method, cut):
+  _assert_same_run(SPEC, SPEC.init(1), method, 1e-2, cut)
 
 
 def test_methods_that_tune_the_first_layer_or_use_hooks_run_uncached():
@@ -87,23 +92,10 @@ def test_methods_that_tune_the_first_layer_or_use_hooks_run_uncached():
 TINY50 = dict(num_classes=10, new_head=True, width=2, stage_sizes=(1, 1, 1, 1), dtype='float32')
 
 
-@pytest.mark.parametrize('method', ['last', 'block4', 'block3'])
-def test_resnet50_with_batchnorm_state_gives_the_same_run(method):
+@pytest.mark.parametrize('method, cut', [('last', 5), ('block4', 4), ('block3', 3)])
+def test_resnet50_with_batchnorm_state_gives_the_same_run(method, cut):
   spec = models.create('resnet50', **TINY50)
-  variables = spec.init(2)
-  params = variables['params']
-  state = {k: v for k, v in variables.items() if k != 'params'}
-  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
-  out = {}
-  for reuse in (False, True):
-    runner = finetune.Finetuner(spec, _config(reuse))
-    out[reuse] = runner.run(params, state, registry.resolve(method, spec), 1e-2, 0, *sets), runner
-  ((f0, h0, _), _), ((f1, h1, _), runner) = out[False], out[True]
-  assert runner._prefix
-  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
-                                                               f1['test_acc'])
-  for e0, e1 in zip(h0, h1):
-    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+  _assert_same_run(spec, spec.init(2), method, 1e-2, cut)
 
 
 def test_activations_over_the_memory_budget_are_not_cached(capsys):
@@ -116,37 +108,13 @@ def test_activations_over_the_memory_budget_are_not_cached(capsys):
   assert 'frozen prefix not cached' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('method', ['head', 'block2'])
-def test_clip_vit_gives_the_same_run(method):
+@pytest.mark.parametrize('method, cut', [('head', 3), ('block2', 2)])
+def test_clip_vit_gives_the_same_run(method, cut):
   spec = models.create('clip_vit_b16', image_size=32, patch_size=8, width=64, layers=2,
                        heads=4, embed_dim=32, num_classes=10)
-  params = spec.init(3)['params']
-  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
-  out = {}
-  for reuse in (False, True):
-    runner = finetune.Finetuner(spec, _config(reuse))
-    out[reuse] = runner.run(params, {}, registry.resolve(method, spec), 1e-3, 0, *sets), runner
-  ((f0, h0, _), _), ((f1, h1, _), runner) = out[False], out[True]
-  assert list(runner._prefix) == [{'head': 3, 'block2': 2}[method]]
-  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
-                                                               f1['test_acc'])
-  for e0, e1 in zip(h0, h1):
-    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+  _assert_same_run(spec, spec.init(3), method, 1e-3, cut)
 
 
 def test_wrn_gives_the_same_run():
   spec = models.create('wrn28_10', depth=10, widen=1, new_head=True)
-  variables = spec.init(4)
-  params = variables['params']
-  state = {k: v for k, v in variables.items() if k != 'params'}
-  sets = (_images(48, 1), _images(32, 2), _images(40, 3))
-  out = {}
-  for reuse in (False, True):
-    runner = finetune.Finetuner(spec, _config(reuse))
-    out[reuse] = runner.run(params, state, registry.resolve('block3', spec), 1e-2, 0, *sets), runner
-  ((f0, h0, _), _), ((f1, h1, _), runner) = out[False], out[True]
-  assert list(runner._prefix) == [3]
-  assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
-                                                               f1['test_acc'])
-  for e0, e1 in zip(h0, h1):
-    assert e0['train_loss_mean'] == pytest.approx(e1['train_loss_mean'], abs=1e-5)
+  _assert_same_run(spec, spec.init(4), 'block3', 1e-2, 3)
