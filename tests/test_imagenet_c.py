@@ -20,6 +20,7 @@ from surgery.data.cifar10 import DataNotFoundError
 from surgery.data.transforms import EvalTransform
 from surgery.datasets.imagenet_c import ALEXNET_ERRORS, corruption_error, mce
 from surgery.errors import SurgeryError
+from tests.cli import one_error_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Real ILSVRC wnids and their ImageNet class indices (tench, goldfish, hen, ostrich).
@@ -282,18 +283,11 @@ def test_mce_matches_a_hand_computation():
 # ---------------------------------------------------------------------- command line
 
 def test_missing_dataset_is_one_line_from_the_command_line(tmp_path):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'SURGERY_DATA_DIR': str(tmp_path)}
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', '--config=configs/imagenet_c.py',
-       f'--workdir={tmp_path / "work"}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
-  assert proc.stdout.startswith('process 0 of 1: ')
+  line, stdout = one_error_line('imagenet_c', tmp_path, env={'SURGERY_DATA_DIR': str(tmp_path)})
+  assert stdout.startswith('process 0 of 1: ')
   expected = tmp_path / 'imagenet-c' / 'gaussian_noise' / '5'
-  assert lines[0].startswith('error: ImageNet-C gaussian_noise severity 5 not found in')
-  assert f'{expected}/<wnid>/*.JPEG' in lines[0] and 'imagenet2012_corrupted/' in lines[0]
-  assert not os.path.exists(tmp_path / 'work' / 'results.csv')
+  assert line.startswith('error: ImageNet-C gaussian_noise severity 5 not found in')
+  assert f'{expected}/<wnid>/*.JPEG' in line and 'imagenet2012_corrupted/' in line
 
 
 def test_config_runs_end_to_end_on_the_released_layout(root, tmp_path, monkeypatch):

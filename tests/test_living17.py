@@ -112,16 +112,7 @@ def test_living17_runs_end_to_end_and_resumes_the_source_stage(tiny, monkeypatch
 
 
 def test_living17_without_imagenet_is_one_line(tmp_path):
-  import subprocess
-  import sys
+  from tests.cli import one_error_line
   _info_dir()
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', '--config=configs/living17.py',
-       f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "nothing"}'],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-      capture_output=True, text=True, timeout=120)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
-  assert lines[0].startswith('error: ImageNet not found in') and 'train/<wnid>/*.JPEG' in lines[0]
-  assert not os.path.exists(tmp_path / 'work' / 'results.csv')
+  line, _ = one_error_line('living17', tmp_path, f'--config.data_dir={tmp_path / "nothing"}')
+  assert line.startswith('error: ImageNet not found in') and 'train/<wnid>/*.JPEG' in line

@@ -4,8 +4,6 @@ tiny ResNet-50, and the one-line error without data."""
 import csv
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +16,8 @@ from surgery import datasets, models
 from surgery.checkpoints import save_params
 from surgery.data import celeba, waterbirds
 from surgery.errors import SurgeryError
+from tests.cli import one_error_line
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_classes=2, new_head=True, width=2, stage_sizes=(1, 1, 1, 1), dtype='float32')
 # Images per (split, group): the val split holds more than tune_per_group in every group.
 COUNTS = {0: (6, 2, 2, 6), 1: (4, 4, 3, 3), 2: (3, 3, 3, 3)}
@@ -263,12 +261,5 @@ def test_config_runs_end_to_end(name, config_module, writer, tmp_path, monkeypat
     ('waterbirds', 'error: Waterbirds not found in'),
     ('celeba', 'error: CelebA not found in')])
 def test_missing_dataset_is_one_line(config_name, words, tmp_path):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', f'--config=configs/{config_name}.py',
-       f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "nothing"}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
-  assert lines[0].startswith(words) and str(tmp_path / 'nothing') in lines[0]
-  assert not os.path.exists(tmp_path / 'work' / 'results.csv')
+  line, _ = one_error_line(config_name, tmp_path, f'--config.data_dir={tmp_path / "nothing"}')
+  assert line.startswith(words) and str(tmp_path / 'nothing') in line

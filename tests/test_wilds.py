@@ -5,8 +5,6 @@ source stage, and missing data is one line."""
 import csv
 import io
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -20,8 +18,8 @@ from surgery import datasets, models
 from surgery.checkpoints import save_params
 from surgery.data import wilds
 from surgery.errors import SurgeryError
+from tests.cli import one_error_line
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, patch_size=8, width=32, layers=2, heads=4, embed_dim=16)
 CAMELYON_HEADER = ['', 'patient', 'node', 'x_coord', 'y_coord', 'tumor', 'slide', 'center',
                    'split']
@@ -320,12 +318,5 @@ def test_config_runs_end_to_end(name, config_module, writer, shifts, tmp_path, m
     ('camelyon17', 'error: Camelyon17-WILDS not found in', 'camelyon17_v1.0/metadata.csv'),
     ('fmow', 'error: FMoW-WILDS not found in', 'fmow_v1.1/rgb_metadata.csv')])
 def test_missing_dataset_is_one_line(config_name, words, layout, tmp_path):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.main', f'--config=configs/{config_name}.py',
-       f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "nothing"}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
-  assert lines[0].startswith(words) and f'{tmp_path / "nothing"}/{layout}' in lines[0]
-  assert not os.path.exists(tmp_path / 'work' / 'results.csv')
+  line, _ = one_error_line(config_name, tmp_path, f'--config.data_dir={tmp_path / "nothing"}')
+  assert line.startswith(words) and f'{tmp_path / "nothing"}/{layout}' in line
