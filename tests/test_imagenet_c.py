@@ -21,6 +21,8 @@ from surgery.data.transforms import EvalTransform
 from surgery.datasets.imagenet_c import ALEXNET_ERRORS, corruption_error, mce
 from surgery.errors import SurgeryError
 from tests.cli import one_error_line
+from tests.test_imagenet import jpeg_bytes, one_line_error
+from tests.test_imagenet import photo as square_photo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Real ILSVRC wnids and their ImageNet class indices (tench, goldfish, hen, ostrich).
@@ -34,18 +36,7 @@ TINY = dict(num_classes=1000, new_head=False, width=2, stage_sizes=(1, 1, 1, 1),
 
 def photo(seed, size=224):
   """Smooth random content at ImageNet-C's 224x224, JPEG-encoded."""
-  rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, (size // 16, size // 16, 3), np.uint8)
-  buffer = io.BytesIO()
-  Image.fromarray(small).resize((size, size), Image.BICUBIC).save(buffer, 'JPEG', quality=85)
-  return buffer.getvalue()
-
-
-def one_line_error(fn, kind=SurgeryError):
-  with pytest.raises(kind) as info:
-    fn()
-  assert '\n' not in str(info.value)
-  return str(info.value)
+  return jpeg_bytes(square_photo(size, size, seed), quality=85)
 
 
 @pytest.fixture(scope='module')
