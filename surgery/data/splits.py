@@ -21,11 +21,15 @@ class TargetSplit(NamedTuple):
 
 
 def target_split(labels, tune_per_class: int = 100, val_per_class: int = 10, seed: int = 0,
-                 num_classes: Optional[int] = None) -> TargetSplit:
+                 num_classes: Optional[int] = None, *, keep_for_test: int = 0,
+                 partial: bool = False) -> TargetSplit:
   """Split example indices into stratified tune / val sets and the remaining test set.
 
   `num_classes` defaults to the classes present in `labels`; naming it makes a class
-  with no examples an error instead of silently skipped.
+  with no examples an error instead of silently skipped. `keep_for_test`: every class
+  must also leave that many examples for the test. `partial`: a class with too few
+  examples gives what it has, tune first, instead of an error (FMoW's regions lack some
+  classes; a class with one image is tune only).
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -36,9 +40,10 @@ def target_split(labels, tune_per_class: int = 100, val_per_class: int = 10, see
   classes = np.unique(labels) if num_classes is None else np.arange(num_classes)
   counts = np.array([np.sum(labels == c) for c in classes])
   needed = tune_per_class + val_per_class
-  if len(classes) == 0 or counts.min() < needed:
+  if not partial and (len(classes) == 0 or counts.min() < needed + keep_for_test):
     smallest = classes[np.argmin(counts)] if len(classes) else None
-    raise SurgeryError(f'cannot take {tune_per_class} tune + {val_per_class} val examples '
+    keep = f' and keep {keep_for_test} for the test' if keep_for_test else ''
+    raise SurgeryError(f'cannot take {tune_per_class} tune + {val_per_class} val examples{keep} '
                        f'per class: class {smallest} has only '
                        f'{counts.min() if len(classes) else 0}')
   rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ Source (stage 1): WILDS' train split; `source('val')` is WILDS' in-distribution 
 split (Camelyon17 id_val: hospitals 0, 3, 4; FMoW id_val: before 2013). See
 surgery/data/wilds.py for the layouts and WILDS' split rules.
 
-Targets, drawn per seed and stratified by label (`draw_per_class`):
+Targets, drawn per seed and stratified by label (`surgery.data.target_split`):
 
   camelyon17  'hospital2' (default): all of hospital 2, WILDS' OOD test and the paper's
               target ("84,000 images in the target distribution (OOD test)");
@@ -51,7 +51,7 @@ import functools
 
 import numpy as np
 
-from surgery.data import wilds
+from surgery.data import target_split, wilds
 from surgery.data.resize_crop import ResizeCrop
 from surgery.data.sources import LazyImages
 from surgery.data.splits import TargetSplit
@@ -71,30 +71,6 @@ _KINDS = {
     'camelyon17': (2, tuple(CAMELYON17_SHIFTS), wilds.read_camelyon17, 50, 50, True),
     'fmow': (len(wilds.CATEGORIES), FMOW_SHIFTS, wilds.read_fmow, 1, 1, False),
 }
-
-
-def draw_per_class(labels, tune_per_class: int, val_per_class: int, seed: int,
-                   num_classes: int, strict: bool = True) -> TargetSplit:
-  """Sorted, disjoint (tune, val, test) indices: per class, seeded, `tune_per_class`
-  images, then `val_per_class`, the rest to test.
-
-  strict: every class must have more than tune + val images (else one line). Not
-  strict: a class gives what it has, tune first (so a class with one image is tune
-  only; an absent class gives nothing).
-  """
-  labels = np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  tune, val, test = [], [], []
-  for c in range(num_classes):
-    members = np.flatnonzero(labels == c)
-    if strict and len(members) <= tune_per_class + val_per_class:
-      raise SurgeryError(f'class {c} has {len(members)} images, not more than tune_per_class '
-                         f'+ val_per_class = {tune_per_class + val_per_class}')
-    members = rng.permutation(members)
-    tune.append(members[:tune_per_class])
-    val.append(members[tune_per_class:tune_per_class + val_per_class])
-    test.append(members[tune_per_class + val_per_class:])
-  return TargetSplit(*(np.sort(np.concatenate(p)).astype(np.int64) for p in (tune, val, test)))
 
 
 class WildsDataset:
@@ -171,8 +147,11 @@ class WildsDataset:
     return test.subset(test.domains == REGION_NAMES.index(shift))
 
   def split(self, shift: str, labels, seed: int) -> TargetSplit:
-    return draw_per_class(labels, self.tune_per_class, self.val_per_class, seed,
-                          self.num_classes, self.strict)
+    # strict (Camelyon17): every class fills tune + val and keeps one for the test;
+    # else (FMoW) a class gives what it has.
+    return target_split(labels, self.tune_per_class, self.val_per_class, seed,
+                        self.num_classes, keep_for_test=int(self.strict),
+                        partial=not self.strict)
 
   def target_sets(self, shift: str, seed: int) -> tuple:
     """(tune, val, test): (uint8 images, int32 labels) each, plus (groups, domains) =
