@@ -37,15 +37,14 @@ Tables hold every row's file path, label and domain (Camelyon17: the hospital;
 FMoW: the index in `REGIONS`). Reading the metadata looks for 500 evenly spaced files of
 each split; any other listed file that is missing fails, in one line, when read.
 """
-import csv
 import datetime
 import os
-from typing import Iterator, List, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 
 from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
-from surgery.data.image_table import ImageTable
+from surgery.data.image_table import ImageTable, csv_rows
 from surgery.errors import SurgeryError
 
 ROOT_FOLDER = 'wilds'  # under $SURGERY_DATA_DIR
@@ -124,31 +123,7 @@ def locate_fmow(data_dir=None) -> str:
   return folder
 
 
-# ---------------------------------------------------------------------------- CSV rows
-
-def _rows(path: str, columns: Sequence[str]) -> Iterator[Tuple[int, List[str]]]:
-  """(line number, values of `columns`) per data row of a CSV with a header; only the
-  needed columns are kept, since FMoW's table has 500k rows of 15 fields. Blank lines
-  are skipped, as pandas does (so data-row numbers match WILDS')."""
-  with open(path, newline='', encoding='utf-8') as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None:
-      raise SurgeryError(f'{path} is empty')
-    header = [h.strip() for h in header]
-    missing = [c for c in columns if c not in header]
-    if missing:
-      raise SurgeryError(f'{path} has no column(s) {", ".join(missing)} (has '
-                         f'{", ".join(header[:12])}{", ..." if len(header) > 12 else ""})')
-    where = [header.index(c) for c in columns]
-    for row in reader:
-      if not row:
-        continue
-      if len(row) != len(header):
-        raise SurgeryError(f'{path}: line {reader.line_num} has {len(row)} fields, the '
-                           f'header {len(header)}')
-      yield reader.line_num, [row[i].strip() for i in where]
-
+# ---------------------------------------------------------------------------- CSV values
 
 def _int(value: str, column: str, path: str, line: int) -> int:
   try:
@@ -179,7 +154,7 @@ def read_camelyon17(data_dir=None) -> dict:
   folder = locate_camelyon17(data_dir)
   path = os.path.join(folder, 'metadata.csv')
   paths, labels, centers, splits = [], [], [], []
-  for line, (patient, node, x, y, tumor, center, split) in _rows(path, CAMELYON17_COLUMNS):
+  for line, (patient, node, x, y, tumor, center, split) in csv_rows(path, CAMELYON17_COLUMNS):
     try:
       paths.append(camelyon17_patch(patient, node, x, y))
     except ValueError:
@@ -211,7 +186,7 @@ def read_region_mapping(path: str) -> dict:
   """{alpha-3 code: region name} of country_code_mapping.csv; a region other than the
   five named ones (Antarctica's blank) reads as 'Other'."""
   mapping = {}
-  for _, (code, region) in _rows(path, ('alpha-3', 'region')):
+  for _, (code, region) in csv_rows(path, ('alpha-3', 'region')):
     mapping[code] = region if region in REGIONS[:OTHER] else 'Other'
   return mapping
 
@@ -252,7 +227,7 @@ def read_fmow(data_dir=None) -> dict:
   path = os.path.join(folder, 'rgb_metadata.csv')
   category_index = {c: i for i, c in enumerate(CATEGORIES)}
   rows = {name: ([], [], []) for name in FMOW_SPLITS}  # paths, labels, regions
-  for i, (line, (split, category, code, timestamp)) in enumerate(_rows(path, FMOW_COLUMNS)):
+  for i, (line, (split, category, code, timestamp)) in enumerate(csv_rows(path, FMOW_COLUMNS)):
     if split not in _ORIGINAL_SPLITS:
       raise SurgeryError(f'{path}: line {line}: split {split!r} is not one of '
                          f'{", ".join(_ORIGINAL_SPLITS)}')
