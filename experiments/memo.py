@@ -25,6 +25,7 @@ from surgery.data.sources import to_arrays
 from surgery.errors import SurgeryError
 from surgery.memo import adapt
 from surgery.optim import BASE_OPTIMIZERS
+from experiments import memo_tuning, paper_tables
 from experiments import results as results_lib
 from experiments.plan import as_list, check_resume, model_spec, result_fields
 
@@ -32,7 +33,8 @@ from experiments.plan import as_list, check_resume, model_spec, result_fields
 # seed), never what a row holds, so a rerun may change them; the fingerprint leaves
 # them out. (`corruptions`, `eval_batch_size`, `data_dir`, `title` are left out by
 # `experiments.plan.result_fields` already.)
-RUN_AXES = ('modes', 'options', 'no_adaptation', 'seed')
+RUN_AXES = ('modes', 'options', 'settings', 'no_adaptation', 'seed', 'stream_save_every',
+            'compare_with')
 
 
 class MemoPlan(NamedTuple):
@@ -43,14 +45,23 @@ class MemoPlan(NamedTuple):
   modes: list
   options: list
   methods: list  # 'no_adaptation' and '<mode>/<option>', in run order
+  tuning: Any  # None, or (search stages per mode, tuning-set size)
   group_map: tuple  # the model's MEMO (groups, {option: group spec})
   result_fields: dict
   fingerprint: str
 
 
 def memo_result_fields(config) -> dict:
-  """The config fields that change a MEMO row's result (flattened, json-normalised)."""
-  return {k: v for k, v in result_fields(config).items() if k not in RUN_AXES}
+  """The config fields that change a MEMO row's result (flattened, json-normalised).
+
+  Without tuning (`tune.images` 0, or no `tune`) the tuning grid changes nothing, so it
+  stays out, and fingerprints of configs from before the tuned protocol are unchanged.
+  """
+  fields = {k: v for k, v in result_fields(config).items() if k not in RUN_AXES}
+  if not fields.get('tune.images'):
+    fields = {k: v for k, v in fields.items()
+              if not k.startswith('tune.') and not k.endswith('.tune_lrs')}
+  return fields
 
 
 def _int_field(config, field, low):
@@ -108,8 +119,11 @@ def make_plan(config) -> MemoPlan:
   options = _names(config, 'options', tuple(group_map[1]))
   if not isinstance(config.no_adaptation, bool):
     raise SurgeryError(f'no_adaptation must be True or False, got {config.no_adaptation!r}')
-  methods = (['no_adaptation'] if config.no_adaptation else []) + [
-      f'{m}/{o}' for m in modes for o in options]
+  settings = [f'{m}/{o}' for m in modes for o in options]
+  if config.get('settings'):
+    valid = [f'{m}/{o}' for m in adapt.MODES for o in group_map[1]]
+    settings = _names(config, 'settings', valid)
+  methods = (['no_adaptation'] if config.no_adaptation else []) + settings
   if not methods:
     raise SurgeryError('modes, options: no run asked for (give a mode and an option, or '
                        'no_adaptation=True)')
@@ -123,14 +137,46 @@ def make_plan(config) -> MemoPlan:
   for field in ('seed', 'corruption_seed'):
     _int_field(config, field, 0)
   _check_mode_settings(config)
+  if 'stream_save_every' in config:
+    _int_field(config, 'stream_save_every', 1)
+  tuning = _tuning_plan(config, [m.split('/')[0] for m in methods if '/' in m], k)
   if not config.init_checkpoint:
     raise SurgeryError('init_checkpoint: MEMO adapts a source model; set '
                        '--config.init_checkpoint')
   if not os.path.exists(config.init_checkpoint):
     raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
   fields = memo_result_fields(config)
-  return MemoPlan(config, spec, dataset, shifts, modes, options, methods, group_map, fields,
-                  results_lib.fingerprint(fields))
+  return MemoPlan(config, spec, dataset, shifts, modes, options, methods, tuning, group_map,
+                  fields, results_lib.fingerprint(fields))
+
+
+def _tuning_plan(config, modes, num_classes):
+  """None without tuning; else ({mode: search stages}, tuning-set size), every grid
+  value checked here, before any run."""
+  tune = config.get('tune')
+  if tune is None or not tune.images:
+    return None
+  n = tune.images
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n % num_classes:
+    raise SurgeryError(f'tune.images must be 0 (no tuning) or a positive multiple of '
+                       f'{num_classes}, got {n!r}')
+  multipliers = as_list(tune.lr_multipliers, 'tune.lr_multipliers', float)
+  steps = as_list(tune.steps, 'tune.steps', int)
+  decays = as_list(tune.weight_decays, 'tune.weight_decays', float)
+  if not steps or min(steps) < 1:
+    raise SurgeryError(f'tune.steps must be integers >= 1, got {tune.steps!r}')
+  if not decays or min(decays) < 0:
+    raise SurgeryError(f'tune.weight_decays must be numbers >= 0, got {tune.weight_decays!r}')
+  if any(m <= 0 for m in multipliers):
+    raise SurgeryError(f'tune.lr_multipliers must be > 0, got {tune.lr_multipliers!r}')
+  stages = {}
+  for mode in dict.fromkeys(modes):
+    lrs = as_list(config[mode].get('tune_lrs', ()), f'{mode}.tune_lrs', float)
+    if not lrs or min(lrs) <= 0:
+      raise SurgeryError(f'{mode}.tune_lrs: tuning needs learning rates > 0 to start from, '
+                         f'got {config[mode].get("tune_lrs")!r}')
+    stages[mode] = memo_tuning.search_stages(lrs, multipliers, steps, decays, tune.search)
+  return stages, n
 
 
 def _old_result_fields(config_path):
@@ -178,10 +224,13 @@ def train_and_evaluate(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
   check_resume(workdir, table, plan.fingerprint, plan.result_fields, _old_result_fields)
-  todo = [(s, m) for s in shifts for m in methods if not table.has(s, m, 0.0, config.seed)]
+  todo = [(s, m) for s in shifts for m in methods if not _done(table, s, m, config.seed)]
+  tuning = plan.tuning
   print(f'{len(shifts) * len(methods)} runs planned, {len(todo)} to go; '
-        f'{config.num_images} images per shift, {config.num_copies} augmented copies, '
-        f'{config.steps} step(s). Model {plan.spec.name}.', flush=True)
+        f'{config.num_images} images per shift'
+        + (f' (after {tuning[1]} for tuning)' if tuning else '')
+        + f', {config.num_copies} augmented copies, '
+        f'{"tuned" if tuning else config.steps} step(s). Model {plan.spec.name}.', flush=True)
   # Loaded before config.json is written, so an unusable checkpoint changes nothing.
   variables = plan.spec.load(config.init_checkpoint) if todo else None
   results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
@@ -189,38 +238,46 @@ def train_and_evaluate(config, workdir):
     print(write_outputs(workdir, table.rows, plan))
     return table.rows
 
-  model = plan.spec.module
-  params = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
-  predict = surgery.make_predict(model)
-
+  run = _Runner(plan, workdir, variables)
   for shift in shifts:
     if not any(t[0] == shift for t in todo):
       continue
     target = to_arrays(plan.dataset.target(shift))
-    order = stream_subset(target['label'], config.num_images, config.seed,
-                          plan.dataset.num_classes)
+    k = plan.dataset.num_classes
+    if tuning:
+      tune_idx, order = memo_tuning.split_tune_stream(target['label'], tuning[1],
+                                                      config.num_images, config.seed, k,
+                                                      stream_subset)
+      tune_set = (target['image'][tune_idx], target['label'][tune_idx])
+    else:
+      order = stream_subset(target['label'], config.num_images, config.seed, k)
     x, y = target['image'][order], target['label'][order]
     for method in methods:
-      if table.has(shift, method, 0.0, config.seed):
+      if _done(table, shift, method, config.seed):
         continue
       start = time.time()
+      row = dict(shift=shift, method=method, lr=0.0, seed=config.seed, best_epoch=0,
+                 val_acc='', fingerprint=plan.fingerprint)
       if method == 'no_adaptation':
-        preds = surgery.train.predictions(predict, params, model_state, x,
+        preds = surgery.train.predictions(run.predict, run.params, run.model_state, x,
                                           config.eval_batch_size)
-        out = {'correct': preds == y, 'images_per_second': float('nan')}
+        out = {'correct': preds == y, 'predictions': preds,
+               'images_per_second': float('nan')}
       else:
         mode, option = method.split('/')
-        print(f'{shift}: MEMO {mode} {option}', flush=True)
-        out = adapt.adapt_stream(model, params, x, y, mode, option, group_map=plan.group_map,
-                                 steps=config.steps, num_copies=config.num_copies,
-                                 seed=config.seed, model_state=model_state,
-                                 **_mode_kwargs(config, mode))
+        setting = None
+        if tuning:
+          setting, tune_acc = run.tune(shift, mode, option, *tune_set, tuning[0][mode])
+          row.update(lr=setting.lr, hparam=setting.hparam, val_acc=tune_acc,
+                     n_tune=tuning[1])
+          start = time.time()  # the row's seconds and images/s are the held-out stream's
+        print(f'{shift}: MEMO {mode} {option}' + (f', lr {setting.lr:g} {setting.hparam}'
+                                                  if setting else ''), flush=True)
+        out = run.stream(shift, method, x, y, setting)
       correct = np.asarray(out['correct'], bool)
-      _save_stream(workdir, shift, method, correct)
-      table.add(dict(shift=shift, method=method, lr=0.0, seed=config.seed, best_epoch=0,
-                     val_acc='', test_acc=float(correct.mean()), n_test=len(correct),
-                     seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint,
+      _save_stream(workdir, shift, method, correct, out['predictions'])
+      table.add(dict(row, test_acc=float(correct.mean()), n_test=len(correct),
+                     seconds=round(time.time() - start, 1),
                      extra=f'{out["images_per_second"]:.3f} images/s'))
       print(f'{shift:16s} {method:24s} accuracy {correct.mean():.4f} '
             f'({out["images_per_second"]:.2f} images/s)', flush=True)
@@ -229,9 +286,94 @@ def train_and_evaluate(config, workdir):
   return table.rows
 
 
-def _save_stream(workdir, shift, method, correct):
-  path = os.path.join(workdir, 'streams', f'{shift}_{method.replace("/", "_")}.json')
-  results_lib.atomic_write(path, json.dumps([int(c) for c in correct]))
+def _done(table, shift, method, seed):
+  """Whether results.csv holds the run (any lr/hparam: tuning picks them)."""
+  return any(r['shift'] == shift and r['method'] == method and str(r['seed']) == str(seed)
+             for r in table.rows)
+
+
+class _Runner:
+  """The source model and the MEMO streams of one run of the config."""
+
+  def __init__(self, plan, workdir, variables):
+    self.plan, self.workdir, self.config = plan, workdir, plan.config
+    self.params = variables['params']
+    self.model_state = {k: v for k, v in variables.items() if k != 'params'}
+    self.model = plan.spec.module
+    self.predict = surgery.make_predict(self.model)
+    self.tuning_table = results_lib.ResultsCsv(os.path.join(workdir, 'tuning.csv'))
+    self._compiled = {}
+
+  def _adapt(self, images, labels, mode, option, setting, checkpoint=None):
+    """One MEMO stream; compiled once per (mode, option, setting), so the held-out
+    stream reuses its tuning stream's compilation."""
+    key = (mode, option, setting)
+    if key not in self._compiled:
+      kwargs = _mode_kwargs(self.config, mode)
+      steps = self.config.steps
+      if setting is not None:
+        kwargs.update(learning_rate=setting.lr, weight_decay=setting.weight_decay)
+        steps = setting.steps
+      tx = adapt.memo_optimizer(mode, adapt.memo_mask(self.params, option, self.plan.group_map),
+                                **kwargs)
+      fn = adapt.make_adapt_predict(self.model, tx, steps, self.config.num_copies,
+                                    model_state=self.model_state)
+      self._compiled[key] = fn, tx.init(self.params)
+    fn, opt_state = self._compiled[key]
+    start, params, predictions = 0, self.params, ()
+    if checkpoint is not None:
+      start, params, opt_state, predictions = (checkpoint.restore(params, opt_state)
+                                               or (0, params, opt_state, ()))
+    return adapt.run_stream(
+        fn, params, opt_state, images, labels, mode, self.config.seed, start=start,
+        predictions=predictions, on_progress=checkpoint and checkpoint.save,
+        progress_every=self.config.get('stream_save_every', 500))
+
+  def tune(self, shift, mode, option, images, labels, stages):
+    """The best setting on the tuning set and its accuracy; each candidate's stream is a
+    row of tuning.csv, read back instead of rerun."""
+    method, seed, fp = f'{mode}/{option}', self.config.seed, self.plan.fingerprint
+
+    def score(setting):
+      for r in self.tuning_table.rows:
+        if (results_lib.row_key(r) == results_lib.run_key(shift, method, setting.lr, seed,
+                                                           setting.hparam)
+            and r.get('fingerprint') == fp):
+          return float(r['test_acc'])
+      print(f'{shift}: tuning MEMO {mode} {option}, lr {setting.lr:g} {setting.hparam}',
+            flush=True)
+      start = time.time()
+      out = self._adapt(images, labels, mode, option, setting)
+      self.tuning_table.add(dict(
+          shift=shift, method=method, lr=setting.lr, hparam=setting.hparam, seed=seed,
+          best_epoch=0, val_acc='', test_acc=out['accuracy'], n_test=len(labels),
+          seconds=round(time.time() - start, 1), fingerprint=fp,
+          extra=f'{out["images_per_second"]:.3f} images/s'))
+      return out['accuracy']
+
+    best, acc, _ = memo_tuning.run_search(stages, score)
+    return best, acc
+
+  def stream(self, shift, method, images, labels, setting):
+    """The held-out stream; saved every `stream_save_every` images and resumed."""
+    mode, option = method.split('/')
+    name = f'{shift}_{method.replace("/", "_")}'
+    key = f'{name} {setting or "untuned"} seed {self.config.seed} {self.plan.fingerprint}'
+    ckpt = memo_tuning.StreamCheckpoint(
+        os.path.join(self.workdir, 'streams', name + '.partial.npz'), key,
+        keep_state=mode == 'online')
+    out = self._adapt(images, labels, mode, option, setting, ckpt)
+    ckpt.remove()
+    return out
+
+
+def _save_stream(workdir, shift, method, correct, predictions):
+  """streams/<shift>_<mode>_<option>.json: per-image correctness in stream order (what
+  the plot reads); .predictions.json beside it: the predicted classes."""
+  path = os.path.join(workdir, 'streams', f'{shift}_{method.replace("/", "_")}')
+  results_lib.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
+  results_lib.atomic_write(path + '.predictions.json',
+                           json.dumps([int(p) for p in predictions]))
 
 
 def _load_stream(workdir, shift, method):
@@ -246,21 +388,68 @@ def write_outputs(workdir, rows, plan):
   config, shifts = plan.config, plan.shifts
   shown = [m for m in plan.methods if any(r['method'] == m for r in rows)]
   title = f'{config.get("title") or f"MEMO, {plan.spec.name}"} (severity {config.severity})'
-  settings = '; '.join(
-      f'{mode}: ' + ', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
-                              for k, v in {**adapt.DEFAULTS[mode], **_mode_kwargs(config, mode)}.items())
-      for mode in adapt.MODES)
+  if plan.tuning:
+    tune = config.tune
+    protocol = (f'per corruption and setting, lr, steps and weight decay tuned on '
+                f'{plan.tuning[1]} test images (App. A.6), accuracy on the '
+                f'{config.num_images} held-out ones.')
+    grid = '; '.join(f'{mode} {adapt.DEFAULTS[mode]["optimizer"] if not config[mode].optimizer else config[mode].optimizer}'
+                     f' from lrs {", ".join(f"{v:g}" for v in as_list(config[mode].tune_lrs, "", float))}'
+                     for mode in plan.tuning[0])
+    notes = (f'{tune.search} search: {grid}; then the best lr x '
+             f'{", ".join(f"{v:g}" for v in as_list(tune.lr_multipliers, "", float))}; steps '
+             f'{", ".join(str(v) for v in as_list(tune.steps, "", int))}; weight decay '
+             f'{", ".join(f"{v:g}" for v in as_list(tune.weight_decays, "", float))}. Each '
+             'candidate is one stream over the tuning images (tuning.csv); val_acc in '
+             'results.csv is the chosen one\'s tuning accuracy.')
+  else:
+    protocol = 'one MEMO setting per mode, no tuning.'
+    notes = 'Optimizers: ' + '; '.join(
+        f'{mode}: ' + ', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
+                                for k, v in {**adapt.DEFAULTS[mode], **_mode_kwargs(config, mode)}.items())
+        for mode in adapt.MODES) + '.'
   text, _ = results_lib.markdown_summary(
-      rows, shown, shifts, title, protocol='one MEMO setting per mode, no tuning.',
-      show_lrs=False,
+      rows, shown, shifts, title, protocol=protocol, show_lrs=bool(plan.tuning),
       notes=(f'{config.num_images} test images per shift, adapted in one seeded, '
-             f'class-balanced stream; {config.num_copies} augmented copies, {config.steps} '
-             'step(s). Episodic resets to the source model after every image; online keeps '
-             f'the updates. Optimizers: {settings}.\n\n' + _speed_markdown(rows, shown)))
+             f'class-balanced stream; {config.num_copies} augmented copies'
+             + ('' if plan.tuning else f', {config.steps} step(s)') + '. Episodic resets to '
+             'the source model after every image; online keeps the updates. ' + notes
+             + '\n\n' + _paper_markdown(rows, shown, shifts, config)
+             + _speed_markdown(rows, shown)))
   results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
   plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')
                                        or m == 'no_adaptation'])
   return text
+
+
+def _paper_markdown(rows, methods, shifts, config):
+  """Our gain over no adaptation beside the paper's, per setting and corruption, for
+  the table `config.compare_with` names (experiments/paper_tables.py); '' for none."""
+  name = config.get('compare_with', '')
+  if not name:
+    return ''
+  if name not in paper_tables.TABLES:
+    raise SurgeryError(f'compare_with: unknown table {name!r}; valid: '
+                       f'{", ".join(paper_tables.TABLES)}')
+  paper = paper_tables.TABLES[name]
+  ours = {(r['shift'], r['method']): 100 * float(r['test_acc']) for r in rows
+          if str(r['seed']) == str(config.seed)}
+  lines = [f'Gain over no adaptation (accuracy points), ours / {paper["title"]}; "yes" '
+           'where ours is within 3 points of the paper\'s.', '',
+           '| setting | ' + ' | '.join(shifts) + ' |', '|---|' + '---|' * len(shifts)]
+  for m in [m for m in methods if m in paper['gains']]:
+    cells = []
+    for s in shifts:
+      ref = paper['gains'][m].get(s)
+      mine, base = ours.get((s, m)), ours.get((s, 'no_adaptation'))
+      gain = None if mine is None or base is None else mine - base
+      cell = ('-' if gain is None else f'{gain:+.1f}') + ' / ' + (
+          '-' if ref is None else f'{ref:+.1f}')
+      if gain is not None and ref is not None:
+        cell += f' {"yes" if abs(gain - ref) <= 3 else "no"}'
+      cells.append(cell)
+    lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n\n'
 
 
 def _speed_markdown(rows, methods):

@@ -59,9 +59,9 @@ def test_memo_sweep_outputs_and_safe_resume(tiny, monkeypatch):
   # Changed result fields stop before any run, name every differing field, and leave
   # config.json and results.csv byte for byte alone.
   calls = []
-  original = runner.adapt.adapt_stream
-  monkeypatch.setattr(runner.adapt, 'adapt_stream',
-                      lambda *a, **k: calls.append(a[5]) or original(*a, **k))
+  original = runner.adapt.memo_mask
+  monkeypatch.setattr(runner.adapt, 'memo_mask',
+                      lambda *a, **k: calls.append(a[1]) or original(*a, **k))
   before = _files(workdir)
   config.steps, config.num_copies = 2, 3
   with pytest.raises(SurgeryError) as err:

@@ -13,7 +13,7 @@ option name -> group spec over it (see `surgery/models/resnet26.py` for the pape
 options). Everything here takes that pair from the caller (`memo_group_map(spec)`).
 """
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -138,13 +138,21 @@ def image_keys(seed: int, n: int) -> np.ndarray:
 
 
 def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
-               labels: np.ndarray, mode: str, seed: int = 0, progress: bool = True) -> dict:
+               labels: np.ndarray, mode: str, seed: int = 0, progress: bool = True, *,
+               start: int = 0, predictions=(), on_progress: Optional[Callable] = None,
+               progress_every: int = 500) -> dict:
   """Adapts-then-predicts each image in order with a `make_adapt_predict` function.
 
   Episodic mode hands every image the same pre-trained `params` and fresh `opt_state`
   (jax arrays are immutable, so nothing can leak between images); online mode feeds
-  each call's outputs to the next. Throughput leaves out the first image, which
-  includes compilation.
+  each call's outputs to the next. Throughput leaves out the first image adapted here,
+  which includes compilation.
+
+  A stream resumes at image `start` from the `params`/`opt_state` it had there and the
+  `predictions` of the images before it: an image's augmentation key depends only on
+  (seed, index), so the resumed stream is the same stream. `on_progress(done, params,
+  opt_state, predictions)` is called every `progress_every` images and at the end, so
+  a caller can save what a long stream has done so far.
   """
   if mode not in MODES:
     raise SurgeryError(f'unknown MEMO mode {mode!r}; valid: {", ".join(MODES)}')
@@ -152,33 +160,44 @@ def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
   if images.dtype != np.uint8 or images.ndim != 4:
     raise SurgeryError(f'MEMO needs uint8 NHWC images, got {images.dtype} {images.shape}')
   n = len(images)
+  predictions = [int(p) for p in predictions]
+  if len(predictions) != start or not 0 <= start <= n:
+    raise SurgeryError(f'a stream resumed at image {start} of {n} needs the {start} '
+                       f'predictions before it, got {len(predictions)}')
   keys = image_keys(seed, n)
   p, s = params, opt_state
-  all_logits, correct = [], []
-  bar = tqdm(total=n, desc=f'MEMO {mode}', disable=not progress, leave=False)
-  start = None
-  for i in range(n):
+  new_logits = []
+  bar = tqdm(total=n, initial=start, desc=f'MEMO {mode}', disable=not progress, leave=False)
+  began = None
+  for i in range(start, n):
     new_p, new_s, logits = adapt_predict(p, s, images[i], keys[i])
     if mode == 'online':
       p, s = new_p, new_s
     # Host sync per image: bounds the dispatch queue and feeds the progress bar.
     logits = np.asarray(logits)
-    all_logits.append(logits)
-    correct.append(bool(np.argmax(logits) == labels[i]))
-    if i == 0:
-      start = time.perf_counter()
+    new_logits.append(logits)
+    predictions.append(int(np.argmax(logits)))
+    if i == start:
+      began = time.perf_counter()
     bar.update(1)
-    if i % 50 == 49 or i == n - 1:
-      bar.set_postfix(acc=f'{np.mean(correct):.4f}')
+    done = i + 1
+    if done % 50 == 0 or done == n:
+      bar.set_postfix(acc=f'{np.mean(np.asarray(predictions) == labels[:done]):.4f}')
+    if on_progress is not None and (done % progress_every == 0 or done == n):
+      on_progress(done, p, s, list(predictions))
   bar.close()
-  elapsed = time.perf_counter() - start if start is not None else 0.0
+  adapted = n - start
+  elapsed = time.perf_counter() - began if began is not None else 0.0
+  correct = [bool(a == b) for a, b in zip(predictions, labels)]
   return {
       'accuracy': float(np.mean(correct)) if n else float('nan'),
       'correct': correct,
-      'predictions': [int(np.argmax(l)) for l in all_logits],
-      'logits': np.stack(all_logits) if n else np.zeros((0, 0), np.float32),
-      'images_per_second': (n - 1) / elapsed if n > 1 and elapsed > 0 else float('nan'),
+      'predictions': predictions,
+      # Only the images adapted in this call (all of them unless resumed).
+      'logits': np.stack(new_logits) if new_logits else np.zeros((0, 0), np.float32),
+      'images_per_second': (adapted - 1) / elapsed if adapted > 1 and elapsed > 0 else float('nan'),
       'params': p,
+      'opt_state': s,
   }
 
 

@@ -1,0 +1,254 @@
+"""The paper's MEMO protocol: the tuning/held-out split, the staged search, streams that
+resume mid-way, and the runner end to end on a tiny image folder."""
+import csv
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import memo_paper
+from experiments import memo as runner
+from experiments import memo_tuning as T
+from surgery import models
+from surgery.checkpoints import save_params
+from surgery.errors import SurgeryError
+from surgery.memo.adapt import (make_adapt_predict, memo_group_map, memo_mask, memo_optimizer,
+                                run_stream)
+from test_main import _write_folder
+
+
+def test_split_is_disjoint_class_balanced_and_seeded():
+  labels = np.repeat(np.arange(10), 1000)
+  np.random.default_rng(3).shuffle(labels)
+  tune, stream = T.split_tune_stream(labels, 1000, 9000, 0, 10, runner.stream_subset)
+  assert len(tune) == 1000 and len(stream) == 9000
+  assert not set(tune) & set(stream)  # with 1,000 per class: every image exactly once
+  assert sorted(np.concatenate([tune, stream])) == list(range(10000))
+  assert np.bincount(labels[tune]).tolist() == [100] * 10
+  assert np.bincount(labels[stream]).tolist() == [900] * 10
+  again = T.split_tune_stream(labels, 1000, 9000, 0, 10, runner.stream_subset)
+  assert all(np.array_equal(a, b) for a, b in zip((tune, stream), again))
+  other = T.split_tune_stream(labels, 1000, 9000, 1, 10, runner.stream_subset)
+  assert not np.array_equal(tune, other[0])
+  # The stream is shuffled, not grouped by class.
+  assert len(set(labels[stream[:20]])) > 3
+  with pytest.raises(SurgeryError, match='at most'):
+    T.split_tune_stream(labels, 1000, 9010, 0, 10, runner.stream_subset)
+
+
+def test_coordinate_search_order_ties_and_reuse():
+  stages = T.search_stages((1e-2, 1e-3, 1e-4), (0.5, 1.0, 3.0), (1, 2), (0.0, 1e-3))
+  table = {1e-2: 0.3, 1e-3: 0.5, 1e-4: 0.5, 5e-4: 0.6, 3e-3: 0.1}
+  calls = []
+
+  def score(s):
+    calls.append(s)
+    return table.get(s.lr, 0.0) + (0.01 if s.steps == 2 else 0) + (0.0 if s.weight_decay else 0.001)
+
+  best, acc, scores = T.run_search(stages, score)
+  S = T.Setting
+  assert calls == [S(1e-2, 1, 0.0), S(1e-3, 1, 0.0), S(1e-4, 1, 0.0),  # 1e-4 ties 1e-3
+                   S(5e-4, 1, 0.0), S(3e-3, 1, 0.0),  # x1.0 is 1e-3, scored already
+                   S(5e-4, 2, 0.0), S(5e-4, 2, 1e-3)]
+  assert best == S(5e-4, 2, 0.0) and acc == pytest.approx(0.611)
+  assert len(scores) == len(calls)
+  # 3 x 1e-4 is keyed as 3e-4, as a rerun's results.csv reads it back.
+  assert T.search_stages((1e-4,), (3.0,), (1,), (0.0,))[1](S(1e-4, 1, 0.0))[0].lr == 3e-4
+
+
+def test_grid_search_is_the_full_product():
+  stages = T.search_stages((1e-2, 1e-3), (0.5, 2.0), (1, 2), (0.0, 1e-4, 1e-3), 'grid')
+  _, _, scores = T.run_search(stages, lambda s: -abs(np.log10(s.lr) + 2.2))
+  first = {(s.lr, s.steps, s.weight_decay) for s in list(scores)[:12]}
+  assert len(scores) == 24 and first == {(lr, st, w) for lr in (1e-2, 1e-3) for st in (1, 2)
+                                        for w in (0.0, 1e-4, 1e-3)}
+  assert {s.lr for s in list(scores)[12:]} == {5e-3, 2e-2}
+
+
+@pytest.fixture(scope='module')
+def tiny_stream():
+  spec = models.create('resnet26', depth=8)
+  params = spec.init()['params']
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  return spec, params, images, rng.integers(0, 10, 6)
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_online_stream_resumes_bitwise_from_its_checkpoint(tiny_stream, tmp_path):
+  spec, params, images, labels = tiny_stream
+  tx = memo_optimizer('online', memo_mask(params, 'first_layer', memo_group_map(spec)),
+                      learning_rate=0.05)
+  fn = make_adapt_predict(spec.module, tx, num_copies=2)
+  run = lambda **k: run_stream(fn, params, tx.init(params), images, labels, 'online',
+                               progress=False, progress_every=2, **k)
+  whole = run()
+
+  ckpt = T.StreamCheckpoint(str(tmp_path / 's.partial.npz'), 'run A', keep_state=True)
+  seen = []
+
+  def save_then_stop(done, p, s, preds):
+    ckpt.save(done, p, s, preds)
+    seen.append(done)
+    if done == 4:
+      raise _Stop
+
+  with pytest.raises(_Stop):
+    run(on_progress=save_then_stop)
+  assert seen == [2, 4]
+  start, p, s, preds = ckpt.restore(params, tx.init(params))
+  again = run_stream(fn, p, s, images, labels, 'online', progress=False, start=start,
+                     predictions=preds)
+  assert start == 4 and len(again['logits']) == 2  # only images 5 and 6 ran again
+  assert again['predictions'] == whole['predictions']
+  assert ([np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(again['params'])]
+          == [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(whole['params'])])
+  # Saved for another run (another setting or fingerprint): ignored.
+  other = T.StreamCheckpoint(ckpt.path, 'run B', keep_state=True)
+  assert other.restore(params, None) is None
+
+
+def test_checkpoint_refuses_weights_of_another_shape(tiny_stream, tmp_path):
+  spec, params, _, _ = tiny_stream
+  ckpt = T.StreamCheckpoint(str(tmp_path / 's.npz'), 'k', keep_state=True)
+  ckpt.save(2, params, (), [1, 2])
+  smaller = models.create('resnet26', depth=8, width=1).init()['params']
+  assert ckpt.restore(smaller, ()) is not None
+  wider = jax.tree_util.tree_map(lambda x: np.zeros(np.shape(x) + (1,)), params)
+  assert ckpt.restore(wider, ()) is None
+
+
+def test_run_stream_needs_the_predictions_before_its_start(tiny_stream):
+  spec, params, images, labels = tiny_stream
+  tx = memo_optimizer('online', memo_mask(params, 'last', memo_group_map(spec)))
+  fn = make_adapt_predict(spec.module, tx, num_copies=2)
+  with pytest.raises(SurgeryError, match='needs the 3 predictions'):
+    run_stream(fn, params, tx.init(params), images, labels, 'online', start=3,
+               predictions=[1], progress=False)
+
+
+# ----------------------------------------------------------------------------- runner
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+  _write_folder(tmp_path / 'data', 'test', 3, 0)
+  monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
+  config = memo_paper.get_config()
+  config.data_dir = str(tmp_path / 'data')
+  config.model.depth = 8
+  params = models.create('resnet26', depth=8).init()['params']
+  config.init_checkpoint = save_params(str(tmp_path / 'source'), params)
+  config.corruptions = ('gaussian_noise',)
+  config.settings = ('online/first_layer', 'episodic/last')
+  config.tune.images = 10
+  # Few candidates (each compiles a step); the stages are tested on the search alone.
+  config.tune.lr_multipliers = (1.0,)
+  config.tune.steps = (1, 2)
+  config.tune.weight_decays = (0.0,)
+  config.online.tune_lrs = (1e-2, 1e-4)
+  config.episodic.tune_lrs = (1e-3,)
+  config.num_images = 20
+  config.num_copies = 2
+  config.eval_batch_size = 10
+  config.stream_save_every = 5
+  return config, tmp_path
+
+
+def _csv(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
+  config, tmp = tiny
+  workdir = str(tmp / 'work')
+  runner.train_and_evaluate(config, workdir)
+  rows = _csv(os.path.join(workdir, 'results.csv'))
+  tuning = _csv(os.path.join(workdir, 'tuning.csv'))
+  assert [r['method'] for r in rows] == ['no_adaptation', 'online/first_layer', 'episodic/last']
+  assert all(r['n_test'] == '20' for r in rows)
+  for r in rows[1:]:
+    cands = [t for t in tuning if t['method'] == r['method']]
+    assert all(t['n_test'] == '10' for t in cands)
+    # 2 (or 1) coarse lrs + 1 new steps value.
+    assert len(cands) == {'online/first_layer': 3, 'episodic/last': 2}[r['method']]
+    assert {t['hparam'] for t in cands} == {'steps=1 wd=0', 'steps=2 wd=0'}
+    best = max(float(t['test_acc']) for t in cands)
+    first_best = next(t for t in cands if float(t['test_acc']) == best)
+    assert float(r['val_acc']) == best and r['n_tune'] == '10'
+    assert (r['lr'], r['hparam']) == (first_best['lr'], first_best['hparam'])
+  summary = open(os.path.join(workdir, 'summary.md')).read()
+  assert 'tuned on 10 test images' in summary and 'coordinate search' in summary
+  assert not [f for f in os.listdir(os.path.join(workdir, 'streams')) if 'partial' in f]
+  preds = os.path.join(workdir, 'streams', 'gaussian_noise_online_first_layer.predictions.json')
+  assert os.path.exists(preds)
+
+  # A rerun runs nothing: every tuning stream and row is read back.
+  calls = []
+  monkeypatch.setattr(runner.adapt, 'run_stream', lambda *a, **k: calls.append(a) or 1 / 0)
+  runner.train_and_evaluate(config, workdir)
+  assert calls == []
+
+
+def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
+  config, tmp = tiny
+  config.settings = ('online/first_layer',)
+  config.online.tune_lrs = (1e-2,)
+  config.tune.steps = (1,)
+  whole_dir, cut_dir = str(tmp / 'whole'), str(tmp / 'cut')
+  runner.train_and_evaluate(config, whole_dir)
+  # The same tuning result, read back, so only the held-out stream runs below.
+  os.makedirs(cut_dir)
+  shutil.copy(os.path.join(whole_dir, 'tuning.csv'), cut_dir)
+
+  original = T.StreamCheckpoint.save
+
+  def save_then_stop(self, done, *a):
+    original(self, done, *a)
+    if done == 10 and 'partial' in self.path:
+      raise _Stop
+
+  monkeypatch.setattr(T.StreamCheckpoint, 'save', save_then_stop)
+  with pytest.raises(_Stop):
+    runner.train_and_evaluate(config, cut_dir)
+  assert [r['method'] for r in _csv(os.path.join(cut_dir, 'results.csv'))] == ['no_adaptation']
+  monkeypatch.setattr(T.StreamCheckpoint, 'save', original)
+  starts = []
+  real = runner.adapt.run_stream
+  monkeypatch.setattr(runner.adapt, 'run_stream',
+                      lambda *a, **k: starts.append(k['start']) or real(*a, **k))
+  runner.train_and_evaluate(config, cut_dir)
+  assert starts == [10]
+  keep = ('method', 'lr', 'hparam', 'val_acc', 'test_acc')
+  assert ([{k: r[k] for k in keep} for r in _csv(os.path.join(cut_dir, 'results.csv'))]
+          == [{k: r[k] for k in keep} for r in _csv(os.path.join(whole_dir, 'results.csv'))])
+  name = 'streams/gaussian_noise_online_first_layer.predictions.json'
+  assert (open(os.path.join(cut_dir, name)).read() == open(os.path.join(whole_dir, name)).read())
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('online.tune_lrs', (), 'online.tune_lrs: tuning needs learning rates'),
+    ('tune.search', 'random', 'tune.search must be one of coordinate, grid'),
+    ('tune.steps', (0,), 'tune.steps must be integers >= 1'),
+    ('tune.images', 15, 'tune.images must be 0 (no tuning) or a positive multiple of 10'),
+    ('settings', ('online/everything',), "settings: unknown setting 'online/everything'"),
+])
+def test_bad_tuning_fields_are_one_line_errors(tiny, field, value, message):
+  config, _ = tiny
+  section, _, name = field.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(SurgeryError) as err:
+    runner.make_plan(config)
+  assert message in str(err.value) and '\n' not in str(err.value)
+
+
+def test_untuned_configs_keep_their_fingerprints(tiny):
+  config, _ = tiny
+  config.tune.images = 0
+  fields = runner.memo_result_fields(config)
+  assert not [k for k in fields if k.startswith('tune.') or k.endswith('tune_lrs')]
