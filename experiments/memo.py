@@ -140,6 +140,9 @@ def make_plan(config) -> MemoPlan:
   if 'stream_save_every' in config:
     _int_field(config, 'stream_save_every', 1)
   tuning = _tuning_plan(config, [m.split('/')[0] for m in methods if '/' in m], k)
+  if config.get('compare_with') and config.compare_with not in paper_tables.TABLES:
+    raise SurgeryError(f'compare_with: unknown table {config.compare_with!r}; valid: '
+                       f'{", ".join(paper_tables.TABLES)} (or empty)')
   if not config.init_checkpoint:
     raise SurgeryError('init_checkpoint: MEMO adapts a source model; set '
                        '--config.init_checkpoint')
@@ -393,14 +396,13 @@ def write_outputs(workdir, rows, plan):
     protocol = (f'per corruption and setting, lr, steps and weight decay tuned on '
                 f'{plan.tuning[1]} test images (App. A.6), accuracy on the '
                 f'{config.num_images} held-out ones.')
-    grid = '; '.join(f'{mode} {adapt.DEFAULTS[mode]["optimizer"] if not config[mode].optimizer else config[mode].optimizer}'
-                     f' from lrs {", ".join(f"{v:g}" for v in as_list(config[mode].tune_lrs, "", float))}'
-                     for mode in plan.tuning[0])
+    values = lambda field, kind=float: ', '.join(f'{v:g}' for v in as_list(field, '', kind))
+    grid = '; '.join(f'{mode} {config[mode].optimizer or adapt.DEFAULTS[mode]["optimizer"]} '
+                     f'from lrs {values(config[mode].tune_lrs)}' for mode in plan.tuning[0])
     notes = (f'{tune.search} search: {grid}; then the best lr x '
-             f'{", ".join(f"{v:g}" for v in as_list(tune.lr_multipliers, "", float))}; steps '
-             f'{", ".join(str(v) for v in as_list(tune.steps, "", int))}; weight decay '
-             f'{", ".join(f"{v:g}" for v in as_list(tune.weight_decays, "", float))}. Each '
-             'candidate is one stream over the tuning images (tuning.csv); val_acc in '
+             f'{values(tune.lr_multipliers)}; steps {values(tune.steps, int)}; weight decay '
+             f'{values(tune.weight_decays)}. Each candidate is one stream over the tuning '
+             'images (tuning.csv); val_acc in '
              'results.csv is the chosen one\'s tuning accuracy.')
   else:
     protocol = 'one MEMO setting per mode, no tuning.'
@@ -428,9 +430,6 @@ def _paper_markdown(rows, methods, shifts, config):
   name = config.get('compare_with', '')
   if not name:
     return ''
-  if name not in paper_tables.TABLES:
-    raise SurgeryError(f'compare_with: unknown table {name!r}; valid: '
-                       f'{", ".join(paper_tables.TABLES)}')
   paper = paper_tables.TABLES[name]
   ours = {(r['shift'], r['method']): 100 * float(r['test_acc']) for r in rows
           if str(r['seed']) == str(config.seed)}

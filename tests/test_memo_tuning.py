@@ -184,6 +184,11 @@ def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
     assert (r['lr'], r['hparam']) == (first_best['lr'], first_best['hparam'])
   summary = open(os.path.join(workdir, 'summary.md')).read()
   assert 'tuned on 10 test images' in summary and 'coordinate search' in summary
+  # Our gain beside the paper's Table 9 cell, and whether it is within 3 points.
+  acc = {r['method']: 100 * float(r['test_acc']) for r in rows}
+  gain = acc['online/first_layer'] - acc['no_adaptation']
+  verdict = 'yes' if abs(gain - 16.5) <= 3 else 'no'
+  assert f'| online/first_layer | {gain:+.1f} / +16.5 {verdict} |' in summary
   assert not [f for f in os.listdir(os.path.join(workdir, 'streams')) if 'partial' in f]
   preds = os.path.join(workdir, 'streams', 'gaussian_noise_online_first_layer.predictions.json')
   assert os.path.exists(preds)
@@ -237,6 +242,7 @@ def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
     ('tune.steps', (0,), 'tune.steps must be integers >= 1'),
     ('tune.images', 15, 'tune.images must be 0 (no tuning) or a positive multiple of 10'),
     ('settings', ('online/everything',), "settings: unknown setting 'online/everything'"),
+    ('compare_with', 'table99', "compare_with: unknown table 'table99'"),
 ])
 def test_bad_tuning_fields_are_one_line_errors(tiny, field, value, message):
   config, _ = tiny
