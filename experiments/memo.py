@@ -379,12 +379,32 @@ def _save_stream(workdir, shift, method, correct, predictions):
                            json.dumps([int(p) for p in predictions]))
 
 
-def _load_stream(workdir, shift, method):
-  path = os.path.join(workdir, 'streams', f'{shift}_{method.replace("/", "_")}.json')
+def _load_stream(workdir, shift, method, what=''):
+  """A stream's per-image correctness ('') or predicted classes ('.predictions')."""
+  path = os.path.join(workdir, 'streams', f'{shift}_{method.replace("/", "_")}{what}.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return np.asarray(json.load(f), float)
+
+
+def _collapse_markdown(workdir, methods, shifts):
+  """The share of the stream given to the most-predicted class: entropy minimisation
+  can collapse a stream onto one class, which shows here before accuracy says why."""
+  lines = []
+  for m in methods:
+    cells = []
+    for s in shifts:
+      preds = _load_stream(workdir, s, m, '.predictions')
+      cells.append('-' if preds is None or not len(preds) else
+                   f'{100 * np.bincount(preds.astype(int)).max() / len(preds):.0f}')
+    if any(c != '-' for c in cells):
+      lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
+  if not lines:
+    return ''
+  return '\n'.join(['Most-predicted class, % of the stream:', '',
+                    '| setting | ' + ' | '.join(shifts) + ' |', '|---|' + '---|' * len(shifts)]
+                   + lines) + '\n\n'
 
 
 def write_outputs(workdir, rows, plan):
@@ -417,7 +437,7 @@ def write_outputs(workdir, rows, plan):
              + ('' if plan.tuning else f', {config.steps} step(s)') + '. Episodic resets to '
              'the source model after every image; online keeps the updates. ' + notes
              + '\n\n' + _paper_markdown(rows, shown, shifts, config)
-             + _speed_markdown(rows, shown)))
+             + _collapse_markdown(workdir, shown, shifts) + _speed_markdown(rows, shown)))
   results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
   plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')
                                        or m == 'no_adaptation'])

@@ -1,6 +1,7 @@
 """The paper's MEMO protocol: the tuning/held-out split, the staged search, streams that
 resume mid-way, and the runner end to end on a tiny image folder."""
 import csv
+import json
 import os
 import shutil
 
@@ -189,9 +190,11 @@ def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
   gain = acc['online/first_layer'] - acc['no_adaptation']
   verdict = 'yes' if abs(gain - 16.5) <= 3 else 'no'
   assert f'| online/first_layer | {gain:+.1f} / +16.5 {verdict} |' in summary
-  assert not [f for f in os.listdir(os.path.join(workdir, 'streams')) if 'partial' in f]
   preds = os.path.join(workdir, 'streams', 'gaussian_noise_online_first_layer.predictions.json')
-  assert os.path.exists(preds)
+  with open(preds) as f:
+    counts = np.bincount(json.load(f))
+  assert f'| online/first_layer | {100 * counts.max() / 20:.0f} |' in summary
+  assert not [f for f in os.listdir(os.path.join(workdir, 'streams')) if 'partial' in f]
 
   # A rerun runs nothing: every tuning stream and row is read back.
   calls = []
