@@ -347,6 +347,9 @@ class _Runner:
             flush=True)
       start = time.time()
       out = self._adapt(images, labels, mode, option, setting)
+      # Per-image predictions of every candidate, so a collapse can be read afterwards.
+      _save_stream(self.workdir, shift, f'{method}_lr{setting.lr:g}_{setting.hparam}',
+                   out['correct'], out['predictions'], folder='tuning')
       self.tuning_table.add(dict(
           shift=shift, method=method, lr=setting.lr, hparam=setting.hparam, seed=seed,
           best_epoch=0, val_acc='', test_acc=out['accuracy'], n_test=len(labels),
@@ -370,10 +373,11 @@ class _Runner:
     return out
 
 
-def _save_stream(workdir, shift, method, correct, predictions):
-  """streams/<shift>_<mode>_<option>.json: per-image correctness in stream order (what
+def _save_stream(workdir, shift, method, correct, predictions, folder='streams'):
+  """<folder>/<shift>_<mode>_<option>.json: per-image correctness in stream order (what
   the plot reads); .predictions.json beside it: the predicted classes."""
-  path = os.path.join(workdir, 'streams', f'{shift}_{method.replace("/", "_")}')
+  name = f'{shift}_{method}'.replace('/', '_').replace(' ', '_').replace('=', '')
+  path = os.path.join(workdir, folder, name)
   results_lib.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
   results_lib.atomic_write(path + '.predictions.json',
                            json.dumps([int(p) for p in predictions]))

@@ -195,6 +195,11 @@ def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
     counts = np.bincount(json.load(f))
   assert f'| online/first_layer | {100 * counts.max() / 20:.0f} |' in summary
   assert not [f for f in os.listdir(os.path.join(workdir, 'streams')) if 'partial' in f]
+  # Every candidate's per-image predictions, named by its setting.
+  saved = sorted(os.listdir(os.path.join(workdir, 'tuning')))
+  assert len(saved) == 2 * len(tuning)
+  best = next(r for r in rows if r['method'] == 'online/first_layer')['lr']
+  assert f'gaussian_noise_online_first_layer_lr{float(best):g}_steps2_wd0.predictions.json' in saved
 
   # A rerun runs nothing: every tuning stream and row is read back.
   calls = []
