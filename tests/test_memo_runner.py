@@ -14,16 +14,21 @@ from surgery.errors import SurgeryError
 from test_main import _write_folder
 
 
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny_memo_config(config, tmp_path, monkeypatch):
+  """`config` on a 30-image folder and a depth-8 ResNet saved as the source model."""
   _write_folder(tmp_path / 'data', 'test', 3, 0)
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
-  config = memo_cifar10c.get_config()
   config.data_dir = str(tmp_path / 'data')
   config.model.depth = 8
   params = models.create('resnet26', depth=8).init()['params']
   config.init_checkpoint = save_params(str(tmp_path / 'source'), params)
   config.corruptions = ('gaussian_noise',)
+  return config
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+  config = tiny_memo_config(memo_cifar10c.get_config(), tmp_path, monkeypatch)
   config.modes = ('online',)
   config.options = ('first_layer',)
   config.num_images = 10

@@ -1,6 +1,5 @@
 """The paper's MEMO protocol: the tuning/held-out split, the staged search, streams that
 resume mid-way, and the runner end to end on a tiny image folder."""
-import csv
 import json
 import os
 import shutil
@@ -13,11 +12,11 @@ from configs import memo_paper
 from experiments import memo as runner
 from experiments import memo_tuning as T
 from surgery import models
-from surgery.checkpoints import save_params
 from surgery.errors import SurgeryError
 from surgery.memo.adapt import (make_adapt_predict, memo_group_map, memo_mask, memo_optimizer,
                                 run_stream)
-from test_main import _write_folder
+from test_main import _rows
+from test_memo_runner import tiny_memo_config
 
 
 def test_split_is_disjoint_class_balanced_and_seeded():
@@ -137,14 +136,7 @@ def test_run_stream_needs_the_predictions_before_its_start(tiny_stream):
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-  _write_folder(tmp_path / 'data', 'test', 3, 0)
-  monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
-  config = memo_paper.get_config()
-  config.data_dir = str(tmp_path / 'data')
-  config.model.depth = 8
-  params = models.create('resnet26', depth=8).init()['params']
-  config.init_checkpoint = save_params(str(tmp_path / 'source'), params)
-  config.corruptions = ('gaussian_noise',)
+  config = tiny_memo_config(memo_paper.get_config(), tmp_path, monkeypatch)
   config.settings = ('online/first_layer', 'episodic/last')
   config.tune.images = 10
   # Few candidates (each compiles a step); the stages are tested on the search alone.
@@ -160,17 +152,12 @@ def tiny(tmp_path, monkeypatch):
   return config, tmp_path
 
 
-def _csv(path):
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
-
-
 def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
   config, tmp = tiny
   workdir = str(tmp / 'work')
   runner.train_and_evaluate(config, workdir)
-  rows = _csv(os.path.join(workdir, 'results.csv'))
-  tuning = _csv(os.path.join(workdir, 'tuning.csv'))
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  tuning = _rows(os.path.join(workdir, 'tuning.csv'))
   assert [r['method'] for r in rows] == ['no_adaptation', 'online/first_layer', 'episodic/last']
   assert all(r['n_test'] == '20' for r in rows)
   for r in rows[1:]:
@@ -229,7 +216,7 @@ def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
   monkeypatch.setattr(T.StreamCheckpoint, 'save', save_then_stop)
   with pytest.raises(_Stop):
     runner.train_and_evaluate(config, cut_dir)
-  assert [r['method'] for r in _csv(os.path.join(cut_dir, 'results.csv'))] == ['no_adaptation']
+  assert [r['method'] for r in _rows(os.path.join(cut_dir, 'results.csv'))] == ['no_adaptation']
   monkeypatch.setattr(T.StreamCheckpoint, 'save', original)
   starts = []
   real = runner.adapt.run_stream
@@ -238,8 +225,8 @@ def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
   runner.train_and_evaluate(config, cut_dir)
   assert starts == [10]
   keep = ('method', 'lr', 'hparam', 'val_acc', 'test_acc')
-  assert ([{k: r[k] for k in keep} for r in _csv(os.path.join(cut_dir, 'results.csv'))]
-          == [{k: r[k] for k in keep} for r in _csv(os.path.join(whole_dir, 'results.csv'))])
+  assert ([{k: r[k] for k in keep} for r in _rows(os.path.join(cut_dir, 'results.csv'))]
+          == [{k: r[k] for k in keep} for r in _rows(os.path.join(whole_dir, 'results.csv'))])
   name = 'streams/gaussian_noise_online_first_layer.predictions.json'
   assert (open(os.path.join(cut_dir, name)).read() == open(os.path.join(whole_dir, name)).read())
 
