@@ -135,7 +135,12 @@ def test_rows_from_before_fingerprints_resume_when_config_json_agrees(tiny):
     ('init_checkpoint', '', 'init_checkpoint: MEMO adapts a source model'),
 ])
 def test_user_errors_stop_before_anything_is_written(tiny, field, value, message):
-  config, tmp = tiny
+  assert_stops_with_one_line(*tiny, field, value, message)
+
+
+def assert_stops_with_one_line(config, tmp, field, value, message):
+  """Setting `field` (dotted) to `value` stops the run with one line containing
+  `message`, before anything is written."""
   section, _, name = field.rpartition('.')
   (config[section] if section else config)[name] = value
   with pytest.raises(SurgeryError) as err:

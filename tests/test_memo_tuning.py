@@ -16,7 +16,7 @@ from surgery.errors import SurgeryError
 from surgery.memo.adapt import (make_adapt_predict, memo_group_map, memo_mask, memo_optimizer,
                                 run_stream)
 from test_main import _rows
-from test_memo_runner import tiny_memo_config
+from test_memo_runner import assert_stops_with_one_line, tiny_memo_config
 
 
 def test_split_is_disjoint_class_balanced_and_seeded():
@@ -240,12 +240,7 @@ def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
     ('compare_with', 'table99', "compare_with: unknown table 'table99'"),
 ])
 def test_bad_tuning_fields_are_one_line_errors(tiny, field, value, message):
-  config, _ = tiny
-  section, _, name = field.rpartition('.')
-  (config[section] if section else config)[name] = value
-  with pytest.raises(SurgeryError) as err:
-    runner.make_plan(config)
-  assert message in str(err.value) and '\n' not in str(err.value)
+  assert_stops_with_one_line(*tiny, field, value, message)
 
 
 def test_untuned_configs_keep_their_fingerprints(tiny):
