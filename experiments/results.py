@@ -341,15 +341,21 @@ def _describe(r):
   return f'{r["method"]} lr={r["lr"]}' + (f' ({hparam})' if hparam else '')
 
 
-def cross_val_rows(rows, candidates, name='cross_val', metric=DEFAULT_METRIC):
+def cross_val_rows(rows, candidates, name='cross_val', metric=DEFAULT_METRIC, planned=None):
   """The paper's Cross-Val, which needs no new runs: per shift and seed, the
   candidate run (method x lr x hparam) with the best `val_<metric>`, relabelled as
   `name` with hparam '' and a `PICKED` field naming the run.
 
   Ties go to the method earlier in `candidates`, then the smaller lr, then the
-  smaller hparam string, whatever the order of `rows`.
+  smaller hparam string, whatever the order of `rows`. With `planned` (the run keys,
+  `run_key(...)`, a sweep plans), a shift and seed gets a pick only once every planned
+  candidate run of it is in `rows`: a pick among some of them is another method.
   """
   order = {m: i for i, m in enumerate(candidates)}
+  if planned is not None:
+    have = {row_key(r) for r in rows}
+    missing = {(k[0], k[3]) for k in planned if k[1] in order and k not in have}
+    rows = [r for r in rows if (str(r['shift']), int(r['seed'])) not in missing]
 
   def rank(r):
     return (-_val(r, metric), order[r['method']], float(r['lr']), r.get('hparam') or '')

@@ -129,8 +129,10 @@ def write_outputs(workdir, rows, plan):
   methods, shifts = plan.methods, plan.shifts
   rows = list(rows)
   if 'cross_val' in methods:
-    rows += results_lib.cross_val_rows(rows, registry.selection_candidates(plan.model),
-                                       metric=metric)
+    rows += results_lib.cross_val_rows(
+        rows, registry.selection_candidates(plan.model), metric=metric,
+        planned=[results_lib.run_key(r.shift, r.method, r.lr, r.seed, r.hparam)
+                 for r in plan.runs])
   shown = [m for m in methods if any(r['method'] == m for r in rows)]
   title = config.get('title') or f'{plan.model.name} fine-tuning'
   extra = []

@@ -65,6 +65,22 @@ def test_cross_val_is_mean_and_se_over_all_seeds_of_per_seed_picks(tmp_path):
   assert 'over seeds 0, 1, 2;' in text
 
 
+def test_cross_val_waits_for_every_planned_candidate(tmp_path):
+  rows = results.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS)).rows
+  planned = [results.row_key(r) for r in rows]
+  assert len(results.cross_val_rows(rows, CANDIDATES, planned=planned)) == 3
+  # Seed 1 still lacks its block2 lr=0.0001 run, the one Cross-Val would pick: seed 1
+  # gets no pick rather than a pick among the others; seeds 0 and 2 are unchanged.
+  partial = [r for r in rows if not (r['seed'] == '1' and r['method'] == 'block2'
+                                     and r['lr'] == '0.0001')]
+  picks = results.cross_val_rows(partial, CANDIDATES, planned=planned)
+  assert [(r['seed'], r[results.PICKED]) for r in picks] == [
+      ('0', 'block1 lr=0.001'), ('2', 'last lr=0.001')]
+  # A planned run of a method that is no candidate (e.g. `all`) does not hold it back.
+  extra = planned + [results.run_key('snow', 'all', 1e-3, 1)]
+  assert len(results.cross_val_rows(rows, CANDIDATES, planned=extra)) == 3
+
+
 # Ties on val_acc. seed 0: block1 and block2 (two lrs) tie at .5; seed 1: block2 with
 # two hparams ties at .7 at one lr.
 TIES = """\
