@@ -363,7 +363,7 @@ class _Runner:
   def stream(self, shift, method, images, labels, setting):
     """The held-out stream; saved every `stream_save_every` images and resumed."""
     mode, option = method.split('/')
-    name = f'{shift}_{method.replace("/", "_")}'
+    name = _stream_name(shift, method)
     key = f'{name} {setting or "untuned"} seed {self.config.seed} {self.plan.fingerprint}'
     ckpt = memo_tuning.StreamCheckpoint(
         os.path.join(self.workdir, 'streams', name + '.partial.npz'), key,
@@ -373,11 +373,16 @@ class _Runner:
     return out
 
 
+def _stream_name(shift, method):
+  """The file stem of a stream: '<shift>_<mode>_<option>' (a tuning candidate's method
+  carries its setting, whose spaces and '=' are dropped)."""
+  return f'{shift}_{method}'.replace('/', '_').replace(' ', '_').replace('=', '')
+
+
 def _save_stream(workdir, shift, method, correct, predictions, folder='streams'):
-  """<folder>/<shift>_<mode>_<option>.json: per-image correctness in stream order (what
-  the plot reads); .predictions.json beside it: the predicted classes."""
-  name = f'{shift}_{method}'.replace('/', '_').replace(' ', '_').replace('=', '')
-  path = os.path.join(workdir, folder, name)
+  """<folder>/<stream name>.json: per-image correctness in stream order (what the plot
+  reads); .predictions.json beside it: the predicted classes."""
+  path = os.path.join(workdir, folder, _stream_name(shift, method))
   results_lib.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
   results_lib.atomic_write(path + '.predictions.json',
                            json.dumps([int(p) for p in predictions]))
@@ -385,7 +390,7 @@ def _save_stream(workdir, shift, method, correct, predictions, folder='streams')
 
 def _load_stream(workdir, shift, method, what=''):
   """A stream's per-image correctness ('') or predicted classes ('.predictions')."""
-  path = os.path.join(workdir, 'streams', f'{shift}_{method.replace("/", "_")}{what}.json')
+  path = os.path.join(workdir, 'streams', f'{_stream_name(shift, method)}{what}.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
