@@ -18,11 +18,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import surgery
 from surgery import models
-from surgery.groups import group_names
+from experiments.finetune import first_tuned_group
 
 
 def _flops(compiled) -> float:
@@ -31,20 +30,12 @@ def _flops(compiled) -> float:
   return float(cost['flops'])
 
 
-def _cut(spec, params, method) -> int:
-  mask = surgery.trainable_mask(params, spec.groups, spec.methods[method])
-  labels = surgery.groups.assign_groups(mask, spec.groups)
-  names = group_names(spec.groups)
-  tuned = {g for g, m in zip(jax.tree_util.tree_leaves(labels), jax.tree_util.tree_leaves(mask))
-           if m}
-  return min(names.index(g) for g in tuned) if spec.cuts else 0
-
-
 def run_flops(spec, variables, method, batch, n_tune, n_val, n_test, epochs):
   """(FLOPs of one run of `method`, FLOPs of its prefix activations, the cut)."""
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
-  cut = _cut(spec, params, method)
+  mask = surgery.trainable_mask(params, spec.groups, spec.methods[method])
+  cut = first_tuned_group(mask, spec.groups) if spec.cuts else 0
   size = spec.image_size
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   prefix_per_image = 0.0
@@ -57,7 +48,6 @@ def run_flops(spec, variables, method, batch, n_tune, n_val, n_test, epochs):
   else:
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   module = spec.module.clone(start=cut) if cut else spec.module
-  mask = surgery.trainable_mask(params, spec.groups, spec.methods[method])
   tx = surgery.surgical(surgery.base_optimizer('adam', 1e-4, 0.0), mask)
   state = surgery.init_train_state(params, tx, model_state)
   step = surgery.make_train_step(module, tx)

@@ -103,11 +103,7 @@ class Finetuner:
     if (not self.spec.cuts or not self.config.get('reuse_frozen_prefix', True)
         or method.before_epoch):
       return 0
-    names = group_names(self.spec.groups)
-    labels = assign_groups(mask, self.spec.groups)
-    tuned = {g for g, m in zip(jax.tree_util.tree_leaves(labels),
-                               jax.tree_util.tree_leaves(mask)) if m}
-    return min((names.index(g) for g in tuned), default=0)
+    return first_tuned_group(mask, self.spec.groups)
 
   def _fits(self, cut, params, model_state, sets) -> bool:
     """Whether the activations at `cut` of every image fit `prefix_cache_gb` (a ResNet-50
@@ -212,6 +208,16 @@ class Finetuner:
     fields = dict(best_epoch=best_epoch, **{f'val_{k}': v for k, v in best_metrics.items()},
                   **{f'test_{k}': v for k, v in test_metrics.items()})
     return fields, history, (rgn_weights or None)
+
+
+def first_tuned_group(mask, groups) -> int:
+  """The index, in network order, of the first group `mask` tunes (0 if none): every
+  group before it is frozen."""
+  names = group_names(groups)
+  labels = assign_groups(mask, groups)
+  tuned = {g for g, m in zip(jax.tree_util.tree_leaves(labels), jax.tree_util.tree_leaves(mask))
+           if m}
+  return min((names.index(g) for g in tuned), default=0)
 
 
 def _check_finite(step_metrics, names, first_step):
