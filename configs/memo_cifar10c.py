@@ -34,6 +34,7 @@ def get_config(arg=None):
   c.episodic = ml_collections.ConfigDict(dict(optimizer='', learning_rate=0.0, weight_decay=-1.0))
   c.online = ml_collections.ConfigDict(dict(optimizer='', learning_rate=0.0, weight_decay=-1.0))
   c.eval_batch_size = 500
+  c.report_only = False  # rewrite summary.md and the plot from the workdir, run nothing
   c.model = ml_collections.ConfigDict(dict(name='resnet26', depth=26))  # smaller: tests only
   if arg:
     c.corruptions = tuple(arg.split(','))

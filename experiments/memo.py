@@ -226,8 +226,13 @@ def train_and_evaluate(config, workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   os.makedirs(workdir, exist_ok=True)
   table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
-  check_resume(workdir, table, plan.fingerprint, plan.result_fields, _old_result_fields)
   todo = [(s, m) for s in shifts for m in methods if not _done(table, s, m, config.seed)]
+  if config.get('report_only'):
+    print(f'report only: {len(shifts) * len(methods) - len(todo)} of '
+          f'{len(shifts) * len(methods)} planned runs in results.csv')
+    print(write_outputs(workdir, table.rows, plan))
+    return table.rows
+  check_resume(workdir, table, plan.fingerprint, plan.result_fields, _old_result_fields)
   tuning = plan.tuning
   print(f'{len(shifts) * len(methods)} runs planned, {len(todo)} to go; '
         f'{config.num_images} images per shift'

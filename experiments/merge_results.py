@@ -1,47 +1,87 @@
-"""Merge the results.csv of sweeps run in parallel (e.g. corruptions split across
+"""Merge the workdirs of sweeps run in parallel (e.g. corruptions split across
 processes or hosts) into one workdir.
 
     python -m experiments.merge_results --into=workdir/a workdir/b [workdir/c ...]
 
-Rows are keyed by (shift, method, lr, hparam, seed); a run present in several
-workdirs must have the same result in each, otherwise nothing is written. Auto-RGN
-weight files are copied too. Afterwards, rerun the sweep's command on the merged
-workdir: every run is found finished, and summary.md and the plots are rewritten.
+Rows of results.csv (and of a MEMO sweep's tuning.csv) are keyed by (shift, method, lr,
+hparam, seed); a run present in several workdirs must have the same result in each.
+The per-run files are copied too: Auto-RGN weights, and MEMO's per-image streams
+(`streams/`, `tuning/`; a stream's unfinished `.partial.npz` stays behind). A file
+present on both sides must be identical. On any conflict nothing is written.
+Afterwards, rerun the sweep's command on the merged workdir: every run is found
+finished, and summary.md and the plots are rewritten.
 """
 import argparse
+import filecmp
 import os
 import shutil
 import sys
 
 from experiments.results import ResultsCsv, row_key
 
+TABLES = ('results.csv', 'tuning.csv')  # tuning.csv: MEMO's tuning streams
+FOLDERS = ('auto_rgn', 'streams', 'tuning')
+UNFINISHED = '.partial.npz'  # a stream checkpoint, only meaningful to its own process
 
-def merge(into: str, sources) -> int:
-  target = ResultsCsv(os.path.join(into, 'results.csv'))
-  known = {row_key(r): r for r in target.rows}
-  added = 0
+
+def _new_rows(into: str, sources, table: str):
+  """The rows of `table` in `sources` that `into` lacks, checked against every copy."""
+  known = {row_key(r): (r, into) for r in ResultsCsv(os.path.join(into, table)).rows}
+  new = []
   for src in sources:
-    path = os.path.join(src, 'results.csv')
+    path = os.path.join(src, table)
     if not os.path.exists(path):
-      raise SystemExit(f'error: no results.csv in {src}')
+      if table == 'results.csv':
+        raise SystemExit(f'error: no results.csv in {src}')
+      continue
     for r in ResultsCsv(path).rows:
       k = row_key(r)
       if k in known:
-        if known[k]['test_acc'] != r['test_acc']:
-          raise SystemExit(f'error: run {k} has test_acc {known[k]["test_acc"]} in {into} '
-                           f'but {r["test_acc"]} in {src}; nothing written')
+        other, where = known[k]
+        if other['test_acc'] != r['test_acc']:
+          raise SystemExit(f'error: run {k} has test_acc {other["test_acc"]} in {where} '
+                           f'but {r["test_acc"]} in {src} ({table}); nothing written')
         continue
-      known[k] = r
-      added += 1
-  for r in list(known.values())[len(target.rows):]:
-    target.add({**r, 'hparam': r.get('hparam', '')})
+      known[k] = (r, src)
+      new.append(r)
+  return new
+
+
+def _new_files(into: str, sources):
+  """(source file, target file) for every per-run file `into` lacks."""
+  copies, seen = [], {}
   for src in sources:
-    rgn = os.path.join(src, 'auto_rgn')
-    if os.path.isdir(rgn):
-      os.makedirs(os.path.join(into, 'auto_rgn'), exist_ok=True)
-      for name in os.listdir(rgn):
-        shutil.copy2(os.path.join(rgn, name), os.path.join(into, 'auto_rgn', name))
-  return added
+    for folder in FOLDERS:
+      base = os.path.join(src, folder)
+      if not os.path.isdir(base):
+        continue
+      for name in sorted(os.listdir(base)):
+        if name.endswith(UNFINISHED):
+          continue
+        a, b = os.path.join(base, name), os.path.join(into, folder, name)
+        first = seen.get(b) or (b if os.path.exists(b) else None)
+        if first is not None:
+          if not filecmp.cmp(first, a, shallow=False):
+            raise SystemExit(f'error: {a} differs from {first}; nothing written')
+          continue
+        seen[b] = a
+        copies.append((a, b))
+  return copies
+
+
+def merge(into: str, sources) -> int:
+  """Merges `sources` into `into`; returns the number of results.csv rows added."""
+  rows = {table: _new_rows(into, sources, table) for table in TABLES}
+  copies = _new_files(into, sources)
+  for table, new in rows.items():
+    if new:
+      target = ResultsCsv(os.path.join(into, table))
+      for r in new:
+        target.add({**r, 'hparam': r.get('hparam', '')})
+  for a, b in copies:
+    os.makedirs(os.path.dirname(b), exist_ok=True)
+    shutil.copy2(a, b)
+  return len(rows['results.csv'])
 
 
 def main(argv=None):

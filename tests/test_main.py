@@ -382,3 +382,36 @@ def test_merge_results_of_parallel_sweeps(tmp_path):
   with pytest.raises(SystemExit, match='nothing written'):
     merge(str(a), [str(b)])
   assert len(ResultsCsv(str(a / 'results.csv')).rows) == 2
+
+
+def test_merge_results_carries_memo_tuning_rows_and_streams(tmp_path):
+  from experiments.merge_results import merge
+  from experiments.results import ResultsCsv
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  row = dict(shift='fog', method='online/all', lr=5e-4, hparam='steps=1 wd=0', seed=0,
+             best_epoch=0, val_acc='', test_acc=0.4)
+  ResultsCsv(str(a / 'results.csv')).add({**row, 'shift': 'snow'})
+  ResultsCsv(str(b / 'results.csv')).add(row)
+  ResultsCsv(str(b / 'tuning.csv')).add({**row, 'lr': 5e-3, 'test_acc': 0.3})
+  (b / 'streams').mkdir()
+  (b / 'streams' / 'fog_online_all.json').write_text('[1, 0]')
+  (b / 'streams' / 'fog_online_all.partial.npz').write_bytes(b'unfinished')
+  (b / 'tuning').mkdir()
+  (b / 'tuning' / 'fog_online_all_lr0.005_steps1_wd0.json').write_text('[0, 0]')
+
+  assert merge(str(a), [str(b)]) == 1
+  assert sorted(r['shift'] for r in ResultsCsv(str(a / 'results.csv')).rows) == ['fog', 'snow']
+  assert [r['lr'] for r in ResultsCsv(str(a / 'tuning.csv')).rows] == ['0.005']
+  assert (a / 'streams' / 'fog_online_all.json').read_text() == '[1, 0]'
+  assert (a / 'tuning' / 'fog_online_all_lr0.005_steps1_wd0.json').exists()
+  assert not (a / 'streams' / 'fog_online_all.partial.npz').exists()
+  assert merge(str(a), [str(b)]) == 0  # idempotent
+
+  # A stream that differs between the workdirs: refuse, and write nothing.
+  c = tmp_path / 'c'
+  ResultsCsv(str(c / 'results.csv')).add({**row, 'shift': 'frost'})
+  (c / 'streams').mkdir()
+  (c / 'streams' / 'fog_online_all.json').write_text('[0, 1]')
+  with pytest.raises(SystemExit, match='differs'):
+    merge(str(a), [str(c)])
+  assert len(ResultsCsv(str(a / 'results.csv')).rows) == 2

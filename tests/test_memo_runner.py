@@ -181,3 +181,18 @@ def test_model_without_memo_options_is_one_line_error(tiny, monkeypatch):
   with pytest.raises(SurgeryError) as err:
     runner.train_and_evaluate(config, str(tmp / 'work'))
   assert 'declares no MEMO freezing options' in str(err.value) and '\n' not in str(err.value)
+
+
+def test_report_only_rewrites_the_summary_of_a_partial_table_and_runs_nothing(tiny, monkeypatch):
+  config, tmp = tiny
+  workdir = str(tmp / 'work')
+  runner.train_and_evaluate(config, workdir)
+  os.remove(os.path.join(workdir, 'summary.md'))
+  config.options = ('first_layer', 'last')  # 'last' is planned but never run
+  config.report_only = True
+  monkeypatch.setattr(runner, '_Runner', None)  # any adaptation would fail
+  before = _files(workdir)
+  runner.train_and_evaluate(config, workdir)
+  assert _files(workdir) == before
+  summary = open(os.path.join(workdir, 'summary.md')).read()
+  assert '| online/first_layer |' in summary and len(_rows(workdir)) == 2
