@@ -339,31 +339,65 @@ class _Runner:
 
   def tune(self, shift, mode, option, images, labels, stages):
     """The best setting on the tuning set and its accuracy; each candidate's stream is a
-    row of tuning.csv, read back instead of rerun."""
+    row of tuning.csv, read back instead of rerun. Episodic one-step candidates of a
+    stage run as one pass (`adapt.make_episodic_predict_many`): same streams, one
+    gradient per image."""
     method, seed, fp = f'{mode}/{option}', self.config.seed, self.plan.fingerprint
 
-    def score(setting):
+    def saved(setting):
       for r in self.tuning_table.rows:
         if (results_lib.row_key(r) == results_lib.run_key(shift, method, setting.lr, seed,
                                                            setting.hparam)
             and r.get('fingerprint') == fp):
           return float(r['test_acc'])
-      print(f'{shift}: tuning MEMO {mode} {option}, lr {setting.lr:g} {setting.hparam}',
-            flush=True)
-      start = time.time()
-      out = self._adapt(images, labels, mode, option, setting)
+      return None
+
+    def record(setting, out, seconds, shared=1):
       # Per-image predictions of every candidate, so a collapse can be read afterwards.
       _save_stream(self.workdir, shift, f'{method}_lr{setting.lr:g}_{setting.hparam}',
                    out['correct'], out['predictions'], folder='tuning')
       self.tuning_table.add(dict(
           shift=shift, method=method, lr=setting.lr, hparam=setting.hparam, seed=seed,
           best_epoch=0, val_acc='', test_acc=out['accuracy'], n_test=len(labels),
-          seconds=round(time.time() - start, 1), fingerprint=fp,
-          extra=f'{out["images_per_second"]:.3f} images/s'))
+          seconds=seconds, fingerprint=fp,
+          extra=f'{out["images_per_second"]:.3f} images/s'
+          + (f' (one pass for {shared} candidates)' if shared > 1 else '')))
       return out['accuracy']
+
+    def score(candidates):
+      scores = {c: saved(c) for c in candidates}
+      todo = [c for c in candidates if scores[c] is None]
+      together = [c for c in todo if mode == 'episodic' and c.steps == 1]
+      if len(together) > 1:
+        print(f'{shift}: tuning MEMO {mode} {option}, one pass for '
+              + ', '.join(f'lr {c.lr:g} {c.hparam}' for c in together), flush=True)
+        start = time.time()
+        outs = self._adapt_together(images, labels, option, together)
+        seconds = round(time.time() - start, 1)
+        for c, out in zip(together, outs):
+          scores[c] = record(c, out, seconds, len(together))
+      for c in todo:
+        if scores[c] is None:
+          print(f'{shift}: tuning MEMO {mode} {option}, lr {c.lr:g} {c.hparam}', flush=True)
+          start = time.time()
+          out = self._adapt(images, labels, mode, option, c)
+          scores[c] = record(c, out, round(time.time() - start, 1))
+      return [scores[c] for c in candidates]
 
     best, acc, _ = memo_tuning.run_search(stages, score)
     return best, acc
+
+  def _adapt_together(self, images, labels, option, settings):
+    """The episodic one-step streams of `settings`, in one pass over the images."""
+    mask = adapt.memo_mask(self.params, option, self.plan.group_map)
+    kwargs = _mode_kwargs(self.config, 'episodic')
+    txs = [adapt.memo_optimizer('episodic', mask, **{**kwargs, 'learning_rate': s.lr,
+                                                     'weight_decay': s.weight_decay})
+           for s in settings]
+    fn = adapt.make_episodic_predict_many(self.model, txs, self.config.num_copies,
+                                          model_state=self.model_state)
+    return adapt.run_episodic_many(fn, self.params, tuple(tx.init(self.params) for tx in txs),
+                                   images, labels, self.config.seed)
 
   def stream(self, shift, method, images, labels, setting):
     """The held-out stream; saved every `stream_save_every` images and resumed."""

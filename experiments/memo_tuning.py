@@ -77,15 +77,19 @@ def search_stages(coarse_lrs, lr_multipliers, steps, weight_decays, search='coor
   ]
 
 
-def run_search(stages, score: Callable[[Setting], float]):
-  """(best setting, its score, {setting: score}). A candidate scored before is not run
-  again; ties keep the earlier candidate, so the result is deterministic."""
+def run_search(stages, score: Callable[[list], list]):
+  """(best setting, its score, {setting: score}). `score(candidates)` scores a stage's
+  new candidates together (so that candidates able to share work can), in order; a
+  candidate scored before is not run again; ties keep the earlier candidate, so the
+  result is deterministic."""
   scores = {}
   best, best_score = None, -np.inf
   for stage in stages:
-    for cand in stage(best):
-      if cand not in scores:
-        scores[cand] = score(cand)
+    cands = stage(best)
+    new = [c for c in dict.fromkeys(cands) if c not in scores]
+    if new:
+      scores.update(zip(new, score(new)))
+    for cand in cands:
       if scores[cand] > best_score:
         best, best_score = cand, scores[cand]
   return best, best_score, scores

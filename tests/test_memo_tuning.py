@@ -13,8 +13,8 @@ from experiments import memo as runner
 from experiments import memo_tuning as T
 from surgery import models
 from surgery.errors import SurgeryError
-from surgery.memo.adapt import (make_adapt_predict, memo_group_map, memo_mask, memo_optimizer,
-                                run_stream)
+from surgery.memo.adapt import (image_keys, make_adapt_predict, make_episodic_predict_many,
+                                memo_group_map, memo_mask, memo_optimizer, run_stream)
 from test_main import _rows
 from test_memo_runner import assert_stops_with_one_line, tiny_memo_config
 
@@ -43,24 +43,26 @@ def test_coordinate_search_order_ties_and_reuse():
   table = {1e-2: 0.3, 1e-3: 0.5, 1e-4: 0.5, 5e-4: 0.6, 3e-3: 0.1}
   calls = []
 
-  def score(s):
+  def score1(s):
     calls.append(s)
     return table.get(s.lr, 0.0) + (0.01 if s.steps == 2 else 0) + (0.0 if s.weight_decay else 0.001)
 
-  best, acc, scores = T.run_search(stages, score)
+  stage_sizes = []
+  best, acc, scores = T.run_search(
+      stages, lambda cands: stage_sizes.append(len(cands)) or [score1(s) for s in cands])
   S = T.Setting
   assert calls == [S(1e-2, 1, 0.0), S(1e-3, 1, 0.0), S(1e-4, 1, 0.0),  # 1e-4 ties 1e-3
                    S(5e-4, 1, 0.0), S(3e-3, 1, 0.0),  # x1.0 is 1e-3, scored already
                    S(5e-4, 2, 0.0), S(5e-4, 2, 1e-3)]
   assert best == S(5e-4, 2, 0.0) and acc == pytest.approx(0.611)
-  assert len(scores) == len(calls)
+  assert len(scores) == len(calls) and stage_sizes == [3, 2, 1, 1]  # new ones only
   # 3 x 1e-4 is keyed as 3e-4, as a rerun's results.csv reads it back.
   assert T.search_stages((1e-4,), (3.0,), (1,), (0.0,))[1](S(1e-4, 1, 0.0))[0].lr == 3e-4
 
 
 def test_grid_search_is_the_full_product():
   stages = T.search_stages((1e-2, 1e-3), (0.5, 2.0), (1, 2), (0.0, 1e-4, 1e-3), 'grid')
-  _, _, scores = T.run_search(stages, lambda s: -abs(np.log10(s.lr) + 2.2))
+  _, _, scores = T.run_search(stages, lambda c: [-abs(np.log10(s.lr) + 2.2) for s in c])
   first = {(s.lr, s.steps, s.weight_decay) for s in list(scores)[:12]}
   assert len(scores) == 24 and first == {(lr, st, w) for lr in (1e-2, 1e-3) for st in (1, 2)
                                         for w in (0.0, 1e-4, 1e-3)}
@@ -74,6 +76,24 @@ def tiny_stream():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
   return spec, params, images, rng.integers(0, 10, 6)
+
+
+@pytest.mark.parametrize('option', ['first_layer', 'all'])
+def test_episodic_candidates_share_one_gradient_and_equal_their_own_streams(tiny_stream, option):
+  spec, params, images, _ = tiny_stream
+  mask = memo_mask(params, option, memo_group_map(spec))
+  txs = [memo_optimizer('episodic', mask, learning_rate=lr, weight_decay=wd)
+         for lr, wd in ((1e-2, 0.0), (1e-3, 0.0), (1e-3, 1e-2))]
+  many = make_episodic_predict_many(spec.module, txs, num_copies=4)
+  states = tuple(tx.init(params) for tx in txs)
+  keys = image_keys(0, 2)
+  for i in range(2):
+    got = np.asarray(many(params, states, images[i], keys[i]))
+    for k, tx in enumerate(txs):
+      alone = make_adapt_predict(spec.module, tx, steps=1, num_copies=4)
+      ref = np.asarray(alone(params, tx.init(params), images[i], keys[i])[2])
+      np.testing.assert_allclose(got[k], ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(got[0] - got[1]).max() > 1e-4  # the candidates do differ
 
 
 class _Stop(Exception):
@@ -248,3 +268,27 @@ def test_untuned_configs_keep_their_fingerprints(tiny):
   config.tune.images = 0
   fields = runner.memo_result_fields(config)
   assert not [k for k in fields if k.startswith('tune.') or k.endswith('tune_lrs')]
+
+
+def test_episodic_search_shares_a_pass_and_scores_as_one_by_one(tiny, monkeypatch):
+  config, tmp = tiny
+  config.settings = ('episodic/last',)
+  config.no_adaptation = False
+  config.episodic.tune_lrs = (1e-2, 1e-3)
+  config.tune.steps = (1,)
+  config.tune.weight_decays = (0.0, 1e-2)
+  shared, alone = str(tmp / 'shared'), str(tmp / 'alone')
+  runner.train_and_evaluate(config, shared)
+  monkeypatch.setattr(runner._Runner, '_adapt_together', lambda self, x, y, option, settings: [
+      self._adapt(x, y, 'episodic', option, s) for s in settings])
+  runner.train_and_evaluate(config, alone)
+  a, b = (_rows(os.path.join(w, 'tuning.csv')) for w in (shared, alone))
+  # lrs 1e-2 and 1e-3 in one pass; then weight decay 1e-2 alone (the only new candidate).
+  assert [r['extra'].endswith('(one pass for 2 candidates)') for r in a] == [True, True, False]
+  assert [(r['lr'], r['hparam'], r['test_acc']) for r in a] == [
+      (r['lr'], r['hparam'], r['test_acc']) for r in b]
+  for name in os.listdir(os.path.join(alone, 'tuning')):
+    assert (open(os.path.join(shared, 'tuning', name)).read()
+            == open(os.path.join(alone, 'tuning', name)).read())
+  assert _rows(os.path.join(shared, 'results.csv'))[0]['test_acc'] == _rows(
+      os.path.join(alone, 'results.csv'))[0]['test_acc']

@@ -106,13 +106,7 @@ def make_adapt_predict(model, optimizer: optax.GradientTransformation,
   optimizer's (`memo_optimizer`, i.e. `surgery.surgical`): frozen leaves get an update
   of -0.0, so `optax.apply_updates` returns them bitwise unchanged.
   """
-  model_state = model_state or {}
-
-  def logits_of(params, images):
-    return forward(model, params, model_state, images, train=False)[0]
-
-  def loss_fn(params, images):
-    return marginal_entropy(logits_of(params, images))[0]
+  logits_of, loss_fn = _memo_functions(model, model_state)
 
   def adapt_predict(params, opt_state, image, key):
     def step(i, carry):
@@ -130,6 +124,75 @@ def make_adapt_predict(model, optimizer: optax.GradientTransformation,
     return params, opt_state, logits
 
   return jax.jit(adapt_predict)
+
+
+def _memo_functions(model, model_state):
+  """(logits_of(params, float images), MEMO's loss(params, augmented batch)), eval mode."""
+  model_state = model_state or {}
+
+  def logits_of(params, images):
+    return forward(model, params, model_state, images, train=False)[0]
+
+  def loss_fn(params, images):
+    return marginal_entropy(logits_of(params, images))[0]
+
+  return logits_of, loss_fn
+
+
+def make_episodic_predict_many(model, optimizers, num_copies: int = NUM_COPIES,
+                               severity: float = MEMO_SEVERITY,
+                               model_state: Optional[dict] = None):
+  """A jitted `(params, opt_states, image_uint8_HWC, key) -> logits [K, classes]`: one
+  episodic MEMO step per optimizer in `optimizers`, all from one gradient.
+
+  Equal to K calls of `make_adapt_predict(model, tx_k, steps=1)` from the same params
+  and fresh states: a first step's augmentations (`fold_in(key, 0)`), hence its gradient,
+  do not depend on the optimizer, so K candidates of an episodic search (lr, weight
+  decay) cost about one. Only the first step shares; later steps start from different
+  weights.
+  """
+  logits_of, loss_fn = _memo_functions(model, model_state)
+  optimizers = tuple(optimizers)
+
+  def predict_many(params, opt_states, image, key):
+    batch = augment_batch_float(jax.random.fold_in(key, 0), image, num_copies, severity)
+    grads = jax.grad(loss_fn)(params, batch)
+    x = to_float_images(image[None])
+    logits = []
+    for tx, state in zip(optimizers, opt_states):
+      updates, _ = tx.update(grads, state, params)
+      logits.append(logits_of(optax.apply_updates(params, updates), x)[0])
+    return jnp.stack(logits)
+
+  return jax.jit(predict_many)
+
+
+def run_episodic_many(predict_many, params: Any, opt_states, images: np.ndarray,
+                      labels: np.ndarray, seed: int = 0, progress: bool = True) -> list:
+  """The episodic streams of a `make_episodic_predict_many` function's K candidates, in
+  one pass: per candidate, what `run_stream` returns (accuracy, correct, predictions;
+  images_per_second is the shared pass's, compilation excluded). The same per-image
+  keys as `run_stream`, so each candidate's stream is the one it would run alone."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  n = len(images)
+  keys = image_keys(seed, n)
+  predictions = np.zeros((len(opt_states), n), np.int64)
+  began = None
+  for i in tqdm(range(n), desc=f'MEMO episodic x{len(opt_states)}', disable=not progress,
+                leave=False):
+    predictions[:, i] = np.argmax(np.asarray(predict_many(params, opt_states, images[i],
+                                                          keys[i])), axis=-1)
+    if i == 0:
+      began = time.perf_counter()
+  elapsed = time.perf_counter() - began if began is not None else 0.0
+  rate = (n - 1) / elapsed if n > 1 and elapsed > 0 else float('nan')
+  out = []
+  for preds in predictions:
+    correct = [bool(a == b) for a, b in zip(preds, labels)]
+    out.append({'accuracy': float(np.mean(correct)) if n else float('nan'),
+                'correct': correct, 'predictions': [int(p) for p in preds],
+                'images_per_second': rate})
+  return out
 
 
 def image_keys(seed: int, n: int) -> np.ndarray:
