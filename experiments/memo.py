@@ -532,29 +532,54 @@ def _speed_markdown(rows, methods):
   return '\n'.join(lines)
 
 
+def _stream_panels(have, shifts, methods):
+  """(methods to plot, [(title, shifts averaged)]) for the (shift, method) pairs in
+  `have`: a panel per shift with an adapted stream, and first the mean over the shifts
+  where every plotted method has one, when there are several."""
+  shown = [sh for sh in shifts if any((sh, m) in have for m in methods if m != 'no_adaptation')]
+  plotted = [m for m in methods if any((sh, m) in have for sh in shown)]
+  common = [sh for sh in shown if all((sh, m) in have for m in plotted)]
+  panels = [(f'mean over {len(common)} corruptions', common)] if len(common) > 1 else []
+  return plotted, panels + [(sh, [sh]) for sh in shown]
+
+
 def plot_online_stream(workdir, shifts, methods):
-  """Running accuracy along the test stream, averaged over corruptions (Fig. 4, right)."""
+  """Running accuracy along the test stream (Fig. 4, right): a panel per corruption with
+  an online stream, and first, when there are several, their mean over the corruptions
+  that every plotted setting has finished (a mean over different corruptions per
+  setting would compare different things)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  curves = {}
-  for m in methods:
-    streams = [s for s in (_load_stream(workdir, sh, m) for sh in shifts) if s is not None]
-    if streams:
-      n = min(len(s) for s in streams)
-      mean = np.mean([s[:n] for s in streams], axis=0)
-      curves[m] = np.cumsum(mean) / np.arange(1, n + 1)
-  if not curves:
+  streams = {}
+  for sh in shifts:
+    for m in methods:
+      s = _load_stream(workdir, sh, m)
+      if s is not None:
+        streams[sh, m] = s
+  plotted, panels = _stream_panels(set(streams), shifts, methods)
+  if not panels:
     return
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for m, c in curves.items():
-    style = dict(color='0.4', linestyle='--') if m == 'no_adaptation' else {}
-    ax.plot(np.arange(1, len(c) + 1), 100 * c, label=m, **style)
-  ax.set_xlabel('test images seen')
-  ax.set_ylabel('online accuracy so far (%)')
-  ax.set_title('MEMO online, averaged over corruptions')
-  ax.legend(fontsize=8)
+  ncols = min(len(panels), 3)
+  nrows = -(-len(panels) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.4 * nrows), squeeze=False)
+  for ax, (title, shs) in zip(axes.flat, panels):
+    for m in plotted:
+      curves = [streams[sh, m] for sh in shs if (sh, m) in streams]
+      if len(curves) != len(shs):
+        continue
+      n = min(len(c) for c in curves)
+      mean = np.mean([c[:n] for c in curves], axis=0)
+      style = dict(color='0.4', linestyle='--') if m == 'no_adaptation' else {}
+      ax.plot(np.arange(1, n + 1), 100 * np.cumsum(mean) / np.arange(1, n + 1), label=m, **style)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('test images seen')
+    ax.set_ylabel('online accuracy so far (%)')
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis('off')
+  axes.flat[0].legend(fontsize=8)
+  fig.suptitle('MEMO online: running accuracy along the stream')
   fig.tight_layout()
   results_lib.atomic_write(os.path.join(workdir, 'online_accuracy.png'),
-                           lambda f: fig.savefig(f, format='png', dpi=120), mode='wb')
+                           lambda f: fig.savefig(f, format='png', dpi=100), mode='wb')
   plt.close(fig)

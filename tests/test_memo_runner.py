@@ -196,3 +196,16 @@ def test_report_only_rewrites_the_summary_of_a_partial_table_and_runs_nothing(ti
   assert _files(workdir) == before
   summary = open(os.path.join(workdir, 'summary.md')).read()
   assert '| online/first_layer |' in summary and len(_rows(workdir)) == 2
+
+
+def test_stream_plot_averages_only_corruptions_every_setting_finished():
+  have = {('fog', 'no_adaptation'), ('fog', 'online/all'), ('snow', 'no_adaptation'),
+          ('snow', 'online/all'), ('snow', 'online/last'), ('frost', 'no_adaptation'),
+          ('glass', 'online/all'), ('glass', 'online/last'), ('glass', 'no_adaptation')}
+  shifts = ('fog', 'snow', 'frost', 'glass')
+  plotted, panels = runner._stream_panels(have, shifts, ('no_adaptation', 'online/all', 'online/last'))
+  assert plotted == ['no_adaptation', 'online/all', 'online/last']
+  # frost has no adapted stream; fog lacks online/last, so the mean is over snow and glass.
+  assert panels == [('mean over 2 corruptions', ['snow', 'glass']), ('fog', ['fog']),
+                    ('snow', ['snow']), ('glass', ['glass'])]
+  assert runner._stream_panels(have, ('frost',), ('no_adaptation', 'online/all')) == ([], [])
