@@ -283,7 +283,7 @@ def train_and_evaluate(config, workdir):
                                                   if setting else ''), flush=True)
         out = run.stream(shift, method, x, y, setting)
       correct = np.asarray(out['correct'], bool)
-      _save_stream(workdir, shift, method, correct, out['predictions'])
+      _save_stream(workdir, shift, method, config.seed, correct, out['predictions'])
       table.add(dict(row, test_acc=float(correct.mean()), n_test=len(correct),
                      seconds=round(time.time() - start, 1),
                      extra=f'{out["images_per_second"]:.3f} images/s'))
@@ -355,7 +355,7 @@ class _Runner:
     def record(setting, out, seconds, shared=1):
       # Per-image predictions of every candidate, so a collapse can be read afterwards.
       _save_stream(self.workdir, shift, f'{method}_lr{setting.lr:g}_{setting.hparam}',
-                   out['correct'], out['predictions'], folder='tuning')
+                   seed, out['correct'], out['predictions'], folder='tuning')
       self.tuning_table.add(dict(
           shift=shift, method=method, lr=setting.lr, hparam=setting.hparam, seed=seed,
           best_epoch=0, val_acc='', test_acc=out['accuracy'], n_test=len(labels),
@@ -402,7 +402,7 @@ class _Runner:
   def stream(self, shift, method, images, labels, setting):
     """The held-out stream; saved every `stream_save_every` images and resumed."""
     mode, option = method.split('/')
-    name = _stream_name(shift, method)
+    name = _stream_name(shift, method, self.config.seed)
     key = f'{name} {setting or "untuned"} seed {self.config.seed} {self.plan.fingerprint}'
     ckpt = memo_tuning.StreamCheckpoint(
         os.path.join(self.workdir, 'streams', name + '.partial.npz'), key,
@@ -412,38 +412,40 @@ class _Runner:
     return out
 
 
-def _stream_name(shift, method):
+def _stream_name(shift, method, seed=0):
   """The file stem of a stream: '<shift>_<mode>_<option>' (a tuning candidate's method
-  carries its setting, whose spaces and '=' are dropped)."""
-  return f'{shift}_{method}'.replace('/', '_').replace(' ', '_').replace('=', '')
+  carries its setting, whose spaces and '=' are dropped), then '_seed<n>' for seeds
+  other than 0, so that the seeds of one workdir keep their own streams."""
+  name = f'{shift}_{method}'.replace('/', '_').replace(' ', '_').replace('=', '')
+  return f'{name}_seed{seed}' if int(seed) else name
 
 
-def _save_stream(workdir, shift, method, correct, predictions, folder='streams'):
+def _save_stream(workdir, shift, method, seed, correct, predictions, folder='streams'):
   """<folder>/<stream name>.json: per-image correctness in stream order (what the plot
   reads); .predictions.json beside it: the predicted classes."""
-  path = os.path.join(workdir, folder, _stream_name(shift, method))
+  path = os.path.join(workdir, folder, _stream_name(shift, method, seed))
   results_lib.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
   results_lib.atomic_write(path + '.predictions.json',
                            json.dumps([int(p) for p in predictions]))
 
 
-def _load_stream(workdir, shift, method, what=''):
+def _load_stream(workdir, shift, method, seed, what=''):
   """A stream's per-image correctness ('') or predicted classes ('.predictions')."""
-  path = os.path.join(workdir, 'streams', f'{_stream_name(shift, method)}{what}.json')
+  path = os.path.join(workdir, 'streams', f'{_stream_name(shift, method, seed)}{what}.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return np.asarray(json.load(f), float)
 
 
-def _collapse_markdown(workdir, methods, shifts):
+def _collapse_markdown(workdir, methods, shifts, seed):
   """The share of the stream given to the most-predicted class: entropy minimisation
   can collapse a stream onto one class, which shows here before accuracy says why."""
   lines = []
   for m in methods:
     cells = []
     for s in shifts:
-      preds = _load_stream(workdir, s, m, '.predictions')
+      preds = _load_stream(workdir, s, m, seed, '.predictions')
       cells.append('-' if preds is None or not len(preds) else
                    f'{100 * np.bincount(preds.astype(int)).max() / len(preds):.0f}')
     if any(c != '-' for c in cells):
@@ -485,10 +487,11 @@ def write_outputs(workdir, rows, plan):
              + ('' if plan.tuning else f', {config.steps} step(s)') + '. Episodic resets to '
              'the source model after every image; online keeps the updates. ' + notes
              + '\n\n' + _paper_markdown(rows, shown, shifts, config)
-             + _collapse_markdown(workdir, shown, shifts) + _speed_markdown(rows, shown)))
+             + _collapse_markdown(workdir, shown, shifts, config.seed)
+             + _speed_markdown(rows, shown)))
   results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
   plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')
-                                       or m == 'no_adaptation'])
+                                       or m == 'no_adaptation'], config.seed)
   return text
 
 
@@ -543,7 +546,7 @@ def _stream_panels(have, shifts, methods):
   return plotted, panels + [(sh, [sh]) for sh in shown]
 
 
-def plot_online_stream(workdir, shifts, methods):
+def plot_online_stream(workdir, shifts, methods, seed=0):
   """Running accuracy along the test stream (Fig. 4, right): a panel per corruption with
   an online stream, and first, when there are several, their mean over the corruptions
   that every plotted setting has finished (a mean over different corruptions per
@@ -554,7 +557,7 @@ def plot_online_stream(workdir, shifts, methods):
   streams = {}
   for sh in shifts:
     for m in methods:
-      s = _load_stream(workdir, sh, m)
+      s = _load_stream(workdir, sh, m, seed)
       if s is not None:
         streams[sh, m] = s
   plotted, panels = _stream_panels(set(streams), shifts, methods)

@@ -209,3 +209,17 @@ def test_stream_plot_averages_only_corruptions_every_setting_finished():
   assert panels == [('mean over 2 corruptions', ['snow', 'glass']), ('fog', ['fog']),
                     ('snow', ['snow']), ('glass', ['glass'])]
   assert runner._stream_panels(have, ('frost',), ('no_adaptation', 'online/all')) == ([], [])
+
+
+def test_each_seed_keeps_its_own_streams(tiny):
+  config, tmp = tiny
+  config.no_adaptation = False
+  workdir = str(tmp / 'work')
+  runner.train_and_evaluate(config, workdir)
+  streams = os.path.join(workdir, 'streams')
+  seed0 = open(os.path.join(streams, 'gaussian_noise_online_first_layer.json')).read()
+  config.seed = 1  # a run axis: the same workdir takes the new seed's rows
+  runner.train_and_evaluate(config, workdir)
+  assert open(os.path.join(streams, 'gaussian_noise_online_first_layer.json')).read() == seed0
+  assert os.path.exists(os.path.join(streams, 'gaussian_noise_online_first_layer_seed1.json'))
+  assert [r['seed'] for r in _rows(workdir)] == ['0', '1']
