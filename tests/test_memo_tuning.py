@@ -292,3 +292,22 @@ def test_episodic_search_shares_a_pass_and_scores_as_one_by_one(tiny, monkeypatc
             == open(os.path.join(alone, 'tuning', name)).read())
   assert _rows(os.path.join(shared, 'results.csv'))[0]['test_acc'] == _rows(
       os.path.join(alone, 'results.csv'))[0]['test_acc']
+
+
+def test_tuning_baseline_scores_the_source_model_on_the_runners_tuning_images(tiny):
+  from experiments.memo_tuning_baseline import baseline
+  config, _ = tiny
+  (shift, seed, acc, top, share), = baseline(config, [0])
+  plan = runner.make_plan(config)
+  target = runner.to_arrays(plan.dataset.target('gaussian_noise'))
+  idx, _ = T.split_tune_stream(target['label'], 10, config.num_images, 0, 10, runner.stream_subset)
+  variables = plan.spec.load(config.init_checkpoint)
+  preds = runner.surgery.train.predictions(
+      runner.surgery.make_predict(plan.spec.module), variables['params'], {},
+      target['image'][idx], 5)
+  assert (shift, seed) == ('gaussian_noise', 0)
+  assert acc == np.mean(preds == target['label'][idx])
+  assert (top, share) == (np.bincount(preds).argmax(), np.bincount(preds).max() / 10)
+  config.tune.images = 0
+  with pytest.raises(SurgeryError, match='tunes nothing'):
+    baseline(config, [0])
