@@ -253,9 +253,7 @@ def train_and_evaluate(config, workdir):
     target = to_arrays(plan.dataset.target(shift))
     k = plan.dataset.num_classes
     if tuning:
-      tune_idx, order = memo_tuning.split_tune_stream(target['label'], tuning[1],
-                                                      config.num_images, config.seed, k,
-                                                      stream_subset)
+      tune_idx, order = tuning_split(plan, target['label'], config.seed)
       tune_set = (target['image'][tune_idx], target['label'][tune_idx])
     else:
       order = stream_subset(target['label'], config.num_images, config.seed, k)
@@ -294,6 +292,13 @@ def train_and_evaluate(config, workdir):
   return table.rows
 
 
+def tuning_split(plan, labels, seed):
+  """(tuning images, held-out stream): the runner's index arrays into a corruption's
+  test set under a tuned plan, for `seed`."""
+  return memo_tuning.split_tune_stream(labels, plan.tuning[1], plan.config.num_images, seed,
+                                       plan.dataset.num_classes, stream_subset)
+
+
 def _done(table, shift, method, seed):
   """Whether results.csv holds the run (any lr/hparam: tuning picks them)."""
   return any(r['shift'] == shift and r['method'] == method and str(r['seed']) == str(seed)
@@ -312,18 +317,22 @@ class _Runner:
     self.tuning_table = results_lib.ResultsCsv(os.path.join(workdir, 'tuning.csv'))
     self._compiled = {}
 
+  def _optimizer(self, mode, option, setting):
+    """The mode's optimizer (config overrides, then the setting's lr and weight decay),
+    frozen outside `option`."""
+    kwargs = _mode_kwargs(self.config, mode)
+    if setting is not None:
+      kwargs.update(learning_rate=setting.lr, weight_decay=setting.weight_decay)
+    return adapt.memo_optimizer(mode, adapt.memo_mask(self.params, option, self.plan.group_map),
+                                **kwargs)
+
   def _adapt(self, images, labels, mode, option, setting, checkpoint=None):
     """One MEMO stream; compiled once per (mode, option, setting), so the held-out
     stream reuses its tuning stream's compilation."""
     key = (mode, option, setting)
     if key not in self._compiled:
-      kwargs = _mode_kwargs(self.config, mode)
-      steps = self.config.steps
-      if setting is not None:
-        kwargs.update(learning_rate=setting.lr, weight_decay=setting.weight_decay)
-        steps = setting.steps
-      tx = adapt.memo_optimizer(mode, adapt.memo_mask(self.params, option, self.plan.group_map),
-                                **kwargs)
+      tx = self._optimizer(mode, option, setting)
+      steps = self.config.steps if setting is None else setting.steps
       fn = adapt.make_adapt_predict(self.model, tx, steps, self.config.num_copies,
                                     model_state=self.model_state)
       self._compiled[key] = fn, tx.init(self.params)
@@ -389,11 +398,7 @@ class _Runner:
 
   def _adapt_together(self, images, labels, option, settings):
     """The episodic one-step streams of `settings`, in one pass over the images."""
-    mask = adapt.memo_mask(self.params, option, self.plan.group_map)
-    kwargs = _mode_kwargs(self.config, 'episodic')
-    txs = [adapt.memo_optimizer('episodic', mask, **{**kwargs, 'learning_rate': s.lr,
-                                                     'weight_decay': s.weight_decay})
-           for s in settings]
+    txs = [self._optimizer('episodic', option, s) for s in settings]
     fn = adapt.make_episodic_predict_many(self.model, txs, self.config.num_copies,
                                           model_state=self.model_state)
     return adapt.run_episodic_many(fn, self.params, tuple(tx.init(self.params) for tx in txs),

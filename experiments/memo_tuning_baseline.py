@@ -4,7 +4,7 @@ beat, and the source model's most-predicted class there.
     python -m experiments.memo_tuning_baseline --config=configs/memo_paper.py \
         --config.init_checkpoint=../shared/weights/memo_resnet26_gn_cifar10.pth --seeds=0,1
 
-The tuning images are the ones the runner draws (`memo_tuning.split_tune_stream`) for
+The tuning images are the ones the runner draws (`experiments.memo.tuning_split`) for
 each seed. Seconds on 2 CPU cores per corruption, after the corruption is generated.
 """
 import sys
@@ -17,7 +17,6 @@ import surgery
 from surgery.data.sources import to_arrays
 from surgery.errors import SurgeryError
 from experiments import memo as runner
-from experiments import memo_tuning
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A MEMO config with tune.images.')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds whose tuning sets to score.')
@@ -36,8 +35,7 @@ def baseline(config, seeds):
   for shift in plan.shifts:
     target = to_arrays(plan.dataset.target(shift))
     for seed in seeds:
-      idx, _ = memo_tuning.split_tune_stream(target['label'], plan.tuning[1], config.num_images,
-                                             seed, k, runner.stream_subset)
+      idx, _ = runner.tuning_split(plan, target['label'], seed)
       preds = surgery.train.predictions(predict, variables['params'], state,
                                         target['image'][idx], config.eval_batch_size)
       counts = np.bincount(preds, minlength=k)

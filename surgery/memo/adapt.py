@@ -184,15 +184,8 @@ def run_episodic_many(predict_many, params: Any, opt_states, images: np.ndarray,
                                                           keys[i])), axis=-1)
     if i == 0:
       began = time.perf_counter()
-  elapsed = time.perf_counter() - began if began is not None else 0.0
-  rate = (n - 1) / elapsed if n > 1 and elapsed > 0 else float('nan')
-  out = []
-  for preds in predictions:
-    correct = [bool(a == b) for a, b in zip(preds, labels)]
-    out.append({'accuracy': float(np.mean(correct)) if n else float('nan'),
-                'correct': correct, 'predictions': [int(p) for p in preds],
-                'images_per_second': rate})
-  return out
+  elapsed = _since(began)
+  return [_stream_result(preds, labels, n, elapsed) for preds in predictions]
 
 
 def image_keys(seed: int, n: int) -> np.ndarray:
@@ -249,18 +242,28 @@ def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
     if on_progress is not None and (done % progress_every == 0 or done == n):
       on_progress(done, p, s, list(predictions))
   bar.close()
-  adapted = n - start
-  elapsed = time.perf_counter() - began if began is not None else 0.0
-  correct = [bool(a == b) for a, b in zip(predictions, labels)]
   return {
-      'accuracy': float(np.mean(correct)) if n else float('nan'),
-      'correct': correct,
-      'predictions': predictions,
+      **_stream_result(predictions, labels, n - start, _since(began)),
       # Only the images adapted in this call (all of them unless resumed).
       'logits': np.stack(new_logits) if new_logits else np.zeros((0, 0), np.float32),
-      'images_per_second': (adapted - 1) / elapsed if adapted > 1 and elapsed > 0 else float('nan'),
       'params': p,
       'opt_state': s,
+  }
+
+
+def _since(began) -> float:
+  return time.perf_counter() - began if began is not None else 0.0
+
+
+def _stream_result(predictions, labels, adapted: int, elapsed: float) -> dict:
+  """accuracy, per-image correct, predictions and images/s of a stream that adapted
+  `adapted` images, `elapsed` seconds after the first (compilation left out)."""
+  correct = [bool(a == b) for a, b in zip(predictions, labels)]
+  return {
+      'accuracy': float(np.mean(correct)) if len(correct) else float('nan'),
+      'correct': correct,
+      'predictions': [int(p) for p in predictions],
+      'images_per_second': (adapted - 1) / elapsed if adapted > 1 and elapsed > 0 else float('nan'),
   }
 
 
