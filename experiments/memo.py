@@ -258,12 +258,22 @@ def train_and_evaluate(config, workdir):
     else:
       order = stream_subset(target['label'], config.num_images, config.seed, k)
     x, y = target['image'][order], target['label'][order]
+    tuned = {}  # method -> (setting, its tuning accuracy), tuned before its stream
+
+    def setting_of(method):
+      if tuning and method not in tuned:
+        mode, option = method.split('/')
+        tuned[method] = run.tune(shift, mode, option, *tune_set, tuning[0][mode])
+      return tuned.get(method, (None, ''))
+
+    shared = {}  # method -> its held-out stream, run in a pass shared with another
     for method in methods:
       if _done(table, shift, method, config.seed):
         continue
       start = time.time()
       row = dict(shift=shift, method=method, lr=0.0, seed=config.seed, best_epoch=0,
                  val_acc='', fingerprint=plan.fingerprint)
+      note = ''
       if method == 'no_adaptation':
         preds = surgery.train.predictions(run.predict, run.params, run.model_state, x,
                                           config.eval_batch_size)
@@ -271,22 +281,38 @@ def train_and_evaluate(config, workdir):
                'images_per_second': float('nan')}
       else:
         mode, option = method.split('/')
-        setting = None
+        setting, tune_acc = setting_of(method)
         if tuning:
-          setting, tune_acc = run.tune(shift, mode, option, *tune_set, tuning[0][mode])
           row.update(lr=setting.lr, hparam=setting.hparam, val_acc=tune_acc,
                      n_tune=tuning[1])
           start = time.time()  # the row's seconds and images/s are the held-out stream's
-        print(f'{shift}: MEMO {mode} {option}' + (f', lr {setting.lr:g} {setting.hparam}'
-                                                  if setting else ''), flush=True)
-        out = run.stream(shift, method, x, y, setting)
+        if mode == 'episodic' and method not in shared:
+          # Tunes the later episodic settings now, to learn which can share this pass.
+          group = [m for m in methods[methods.index(method):]
+                   if m.startswith('episodic/') and not _done(table, shift, m, config.seed)
+                   and run.one_step_episodic(m, setting_of(m)[0])]
+          if method in group and len(group) > 1:
+            print(f'{shift}: MEMO held-out streams of {", ".join(group)} in one pass'
+                  + ''.join(f'; {m.split("/")[1]} lr {setting_of(m)[0].lr:g} '
+                            f'{setting_of(m)[0].hparam}' for m in group if tuning), flush=True)
+            began = time.time()
+            outs = run.streams_together(shift, group, [setting_of(m)[0] for m in group], x, y)
+            shared = {m: (o, round(time.time() - began, 1), len(group))
+                      for m, o in zip(group, outs)}
+        if method in shared:
+          out, seconds, k = shared.pop(method)
+          start, note = time.time() - seconds, f' (one pass for {k} settings)'
+        else:
+          print(f'{shift}: MEMO {mode} {option}' + (f', lr {setting.lr:g} {setting.hparam}'
+                                                    if setting else ''), flush=True)
+          out = run.stream(shift, method, x, y, setting)
       correct = np.asarray(out['correct'], bool)
       _save_stream(workdir, shift, method, config.seed, correct, out['predictions'])
       table.add(dict(row, test_acc=float(correct.mean()), n_test=len(correct),
                      seconds=round(time.time() - start, 1),
-                     extra=f'{out["images_per_second"]:.3f} images/s'))
+                     extra=f'{out["images_per_second"]:.3f} images/s{note}'))
       print(f'{shift:16s} {method:24s} accuracy {correct.mean():.4f} '
-            f'({out["images_per_second"]:.2f} images/s)', flush=True)
+            f'({out["images_per_second"]:.2f} images/s{note})', flush=True)
       write_outputs(workdir, table.rows, plan)
   print(write_outputs(workdir, table.rows, plan))
   return table.rows
@@ -381,7 +407,7 @@ class _Runner:
         print(f'{shift}: tuning MEMO {mode} {option}, one pass for '
               + ', '.join(f'lr {c.lr:g} {c.hparam}' for c in together), flush=True)
         start = time.time()
-        outs = self._adapt_together(images, labels, option, together)
+        outs = self._adapt_together(images, labels, [(option, c) for c in together])
         seconds = round(time.time() - start, 1)
         for c, out in zip(together, outs):
           scores[c] = record(c, out, seconds, len(together))
@@ -396,13 +422,42 @@ class _Runner:
     best, acc, _ = memo_tuning.run_search(stages, score)
     return best, acc
 
-  def _adapt_together(self, images, labels, option, settings):
-    """The episodic one-step streams of `settings`, in one pass over the images."""
-    txs = [self._optimizer('episodic', option, s) for s in settings]
+  def _adapt_together(self, images, labels, pairs, checkpoint=None):
+    """The episodic one-step streams of `pairs` [(option, setting)], in one pass over
+    the images (resumed from `checkpoint` when given)."""
+    txs = [self._optimizer('episodic', option, s) for option, s in pairs]
     fn = adapt.make_episodic_predict_many(self.model, txs, self.config.num_copies,
                                           model_state=self.model_state)
-    return adapt.run_episodic_many(fn, self.params, tuple(tx.init(self.params) for tx in txs),
-                                   images, labels, self.config.seed)
+    states = tuple(tx.init(self.params) for tx in txs)
+    start, predictions = 0, ()
+    if checkpoint is not None:
+      start, _, _, predictions = (checkpoint.restore(self.params, states)
+                                  or (0, None, None, ()))
+    return adapt.run_episodic_many(
+        fn, self.params, states, images, labels, self.config.seed, start=start,
+        predictions=predictions,
+        on_progress=checkpoint and (lambda done, p: checkpoint.save(done, None, None, p)),
+        progress_every=self.config.get('stream_save_every', 500))
+
+  def one_step_episodic(self, method, setting):
+    """Whether `method` is episodic with one step: its held-out stream can share a pass
+    (and each image's gradient) with the others that are."""
+    steps = self.config.steps if setting is None else setting.steps
+    return method.startswith('episodic/') and steps == 1
+
+  def streams_together(self, shift, methods, settings, images, labels):
+    """The held-out streams of episodic one-step `methods` in one pass, equal to their
+    streams one by one (`adapt.make_episodic_predict_many`); saved every
+    `stream_save_every` images and resumed."""
+    options = [m.split('/')[1] for m in methods]
+    name = _stream_name(shift, 'episodic/' + '+'.join(options), self.config.seed)
+    key = (f'{name} {" | ".join(str(s or "untuned") for s in settings)} '
+           f'seed {self.config.seed} {self.plan.fingerprint}')
+    ckpt = memo_tuning.StreamCheckpoint(
+        os.path.join(self.workdir, 'streams', name + '.partial.npz'), key, keep_state=False)
+    outs = self._adapt_together(images, labels, list(zip(options, settings)), ckpt)
+    ckpt.remove()
+    return outs
 
   def stream(self, shift, method, images, labels, setting):
     """The held-out stream; saved every `stream_save_every` images and resumed."""
@@ -533,7 +588,7 @@ def _speed_markdown(rows, methods):
   lines = ['Adapted images per second (median over corruptions):', '']
   for m in methods:
     rates = [float(r['extra'].split()[0]) for r in rows
-             if r['method'] == m and r.get('extra', '').endswith('images/s')]
+             if r['method'] == m and 'images/s' in r.get('extra', '')]
     rates = [x for x in rates if not np.isnan(x)]
     if rates:
       lines.append(f'- {m}: {np.median(rates):.2f}')

@@ -279,8 +279,8 @@ def test_episodic_search_shares_a_pass_and_scores_as_one_by_one(tiny, monkeypatc
   config.tune.weight_decays = (0.0, 1e-2)
   shared, alone = str(tmp / 'shared'), str(tmp / 'alone')
   runner.train_and_evaluate(config, shared)
-  monkeypatch.setattr(runner._Runner, '_adapt_together', lambda self, x, y, option, settings: [
-      self._adapt(x, y, 'episodic', option, s) for s in settings])
+  monkeypatch.setattr(runner._Runner, '_adapt_together', lambda self, x, y, pairs: [
+      self._adapt(x, y, 'episodic', option, s) for option, s in pairs])
   runner.train_and_evaluate(config, alone)
   a, b = (_rows(os.path.join(w, 'tuning.csv')) for w in (shared, alone))
   # lrs 1e-2 and 1e-3 in one pass; then weight decay 1e-2 alone (the only new candidate).
@@ -292,6 +292,51 @@ def test_episodic_search_shares_a_pass_and_scores_as_one_by_one(tiny, monkeypatc
             == open(os.path.join(alone, 'tuning', name)).read())
   assert _rows(os.path.join(shared, 'results.csv'))[0]['test_acc'] == _rows(
       os.path.join(alone, 'results.csv'))[0]['test_acc']
+
+
+def test_episodic_held_out_streams_share_a_pass_equal_one_by_one_and_resume(tiny, monkeypatch):
+  config, tmp = tiny
+  config.settings = ('episodic/first_layer', 'episodic/last')
+  config.tune.steps = (1,)
+  shared, alone, cut = (str(tmp / d) for d in ('shared', 'alone', 'cut'))
+  runner.train_and_evaluate(config, shared)
+  with monkeypatch.context() as m:
+    m.setattr(runner._Runner, 'one_step_episodic', lambda self, method, setting: False)
+    runner.train_and_evaluate(config, alone)
+  a, b = (_rows(os.path.join(w, 'results.csv')) for w in (shared, alone))
+  assert [r['extra'].endswith('(one pass for 2 settings)') for r in a] == [False, True, True]
+  keep = ('method', 'lr', 'hparam', 'val_acc', 'test_acc')
+  assert [{k: r[k] for k in keep} for r in a] == [{k: r[k] for k in keep} for r in b]
+  for name in os.listdir(os.path.join(alone, 'streams')):
+    assert (open(os.path.join(shared, 'streams', name)).read()
+            == open(os.path.join(alone, 'streams', name)).read())
+
+  # Stopped after 10 of the 20 held-out images, the shared pass resumes at image 10.
+  os.makedirs(cut)
+  shutil.copy(os.path.join(shared, 'tuning.csv'), cut)
+  original = T.StreamCheckpoint.save
+
+  def save_then_stop(self, done, *a):
+    original(self, done, *a)
+    if done == 10 and 'partial' in self.path:
+      raise _Stop
+
+  with monkeypatch.context() as m:
+    m.setattr(T.StreamCheckpoint, 'save', save_then_stop)
+    with pytest.raises(_Stop):
+      runner.train_and_evaluate(config, cut)
+  assert os.path.exists(os.path.join(
+      cut, 'streams', 'gaussian_noise_episodic_first_layer+last.partial.npz'))
+  starts = []
+  real = runner.adapt.run_episodic_many
+  monkeypatch.setattr(runner.adapt, 'run_episodic_many',
+                      lambda *a, **k: starts.append(k['start']) or real(*a, **k))
+  runner.train_and_evaluate(config, cut)
+  assert starts == [10]
+  assert ([{k: r[k] for k in keep} for r in _rows(os.path.join(cut, 'results.csv'))]
+          == [{k: r[k] for k in keep} for r in a])
+  assert sorted(os.listdir(os.path.join(cut, 'streams'))) == sorted(
+      os.listdir(os.path.join(shared, 'streams')))
 
 
 def test_tuning_baseline_scores_the_source_model_on_the_runners_tuning_images(tiny):

@@ -168,24 +168,39 @@ def make_episodic_predict_many(model, optimizers, num_copies: int = NUM_COPIES,
 
 
 def run_episodic_many(predict_many, params: Any, opt_states, images: np.ndarray,
-                      labels: np.ndarray, seed: int = 0, progress: bool = True) -> list:
+                      labels: np.ndarray, seed: int = 0, progress: bool = True, *,
+                      start: int = 0, predictions=(), on_progress: Optional[Callable] = None,
+                      progress_every: int = 500) -> list:
   """The episodic streams of a `make_episodic_predict_many` function's K candidates, in
   one pass: per candidate, what `run_stream` returns (accuracy, correct, predictions;
   images_per_second is the shared pass's, compilation excluded). The same per-image
-  keys as `run_stream`, so each candidate's stream is the one it would run alone."""
+  keys as `run_stream`, so each candidate's stream is the one it would run alone.
+
+  Resumes like `run_stream`: at image `start`, given the K rows of `predictions` made
+  before it; `on_progress(done, predictions [K, done])` is called every
+  `progress_every` images and at the end."""
   images, labels = np.asarray(images), np.asarray(labels)
-  n = len(images)
+  n, k = len(images), len(opt_states)
+  before = np.asarray(predictions, np.int64).reshape(k, -1) if start else np.zeros((k, 0))
+  if before.shape[1] != start or not 0 <= start <= n:
+    raise SurgeryError(f'a stream resumed at image {start} of {n} needs the {start} '
+                       f'predictions before it for each of {k} candidates, got '
+                       f'{np.shape(predictions)}')
   keys = image_keys(seed, n)
-  predictions = np.zeros((len(opt_states), n), np.int64)
+  preds = np.zeros((k, n), np.int64)
+  preds[:, :start] = before
   began = None
-  for i in tqdm(range(n), desc=f'MEMO episodic x{len(opt_states)}', disable=not progress,
-                leave=False):
-    predictions[:, i] = np.argmax(np.asarray(predict_many(params, opt_states, images[i],
-                                                          keys[i])), axis=-1)
-    if i == 0:
+  for i in tqdm(range(start, n), desc=f'MEMO episodic x{k}', disable=not progress,
+                leave=False, total=n, initial=start):
+    preds[:, i] = np.argmax(np.asarray(predict_many(params, opt_states, images[i], keys[i])),
+                            axis=-1)
+    if i == start:
       began = time.perf_counter()
+    done = i + 1
+    if on_progress is not None and (done % progress_every == 0 or done == n):
+      on_progress(done, preds[:, :done].copy())
   elapsed = _since(began)
-  return [_stream_result(preds, labels, n, elapsed) for preds in predictions]
+  return [_stream_result(p, labels, n - start, elapsed) for p in preds]
 
 
 def image_keys(seed: int, n: int) -> np.ndarray:
