@@ -292,15 +292,17 @@ def train_and_evaluate(config, workdir):
                    if m.startswith('episodic/') and not _done(table, shift, m, config.seed)
                    and run.one_step_episodic(m, setting_of(m)[0])]
           if method in group and len(group) > 1:
+            settings = [setting_of(m)[0] for m in group]
             print(f'{shift}: MEMO held-out streams of {", ".join(group)} in one pass'
-                  + ''.join(f'; {m.split("/")[1]} lr {setting_of(m)[0].lr:g} '
-                            f'{setting_of(m)[0].hparam}' for m in group if tuning), flush=True)
+                  + ''.join(f'; {m.split("/")[1]} lr {s.lr:g} {s.hparam}'
+                            for m, s in zip(group, settings) if s), flush=True)
             began = time.time()
-            outs = run.streams_together(shift, group, [setting_of(m)[0] for m in group], x, y)
+            outs = run.streams_together(shift, group, settings, x, y)
             shared = {m: (o, round(time.time() - began, 1), len(group))
                       for m, o in zip(group, outs)}
         if method in shared:
           out, seconds, k = shared.pop(method)
+          # Every row of the pass gets the pass's seconds.
           start, note = time.time() - seconds, f' (one pass for {k} settings)'
         else:
           print(f'{shift}: MEMO {mode} {option}' + (f', lr {setting.lr:g} {setting.hparam}'
@@ -358,8 +360,7 @@ class _Runner:
     key = (mode, option, setting)
     if key not in self._compiled:
       tx = self._optimizer(mode, option, setting)
-      steps = self.config.steps if setting is None else setting.steps
-      fn = adapt.make_adapt_predict(self.model, tx, steps, self.config.num_copies,
+      fn = adapt.make_adapt_predict(self.model, tx, self._steps(setting), self.config.num_copies,
                                     model_state=self.model_state)
       self._compiled[key] = fn, tx.init(self.params)
     fn, opt_state = self._compiled[key]
@@ -442,8 +443,11 @@ class _Runner:
   def one_step_episodic(self, method, setting):
     """Whether `method` is episodic with one step: its held-out stream can share a pass
     (and each image's gradient) with the others that are."""
-    steps = self.config.steps if setting is None else setting.steps
-    return method.startswith('episodic/') and steps == 1
+    return method.startswith('episodic/') and self._steps(setting) == 1
+
+  def _steps(self, setting):
+    """Adaptation steps per image: the tuned setting's, else the config's."""
+    return self.config.steps if setting is None else setting.steps
 
   def streams_together(self, shift, methods, settings, images, labels):
     """The held-out streams of episodic one-step `methods` in one pass, equal to their

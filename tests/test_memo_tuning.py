@@ -100,6 +100,19 @@ class _Stop(Exception):
   pass
 
 
+def _save_then_stop_at(done_at):
+  """A `StreamCheckpoint.save` that saves, then stops the run once a held-out stream
+  has saved `done_at` images (as a killed process would)."""
+  original = T.StreamCheckpoint.save
+
+  def save(self, done, *a):
+    original(self, done, *a)
+    if done == done_at and 'partial' in self.path:
+      raise _Stop
+
+  return save
+
+
 def test_online_stream_resumes_bitwise_from_its_checkpoint(tiny_stream, tmp_path):
   spec, params, images, labels = tiny_stream
   tx = memo_optimizer('online', memo_mask(params, 'first_layer', memo_group_map(spec)),
@@ -229,18 +242,11 @@ def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
   os.makedirs(cut_dir)
   shutil.copy(os.path.join(whole_dir, 'tuning.csv'), cut_dir)
 
-  original = T.StreamCheckpoint.save
-
-  def save_then_stop(self, done, *a):
-    original(self, done, *a)
-    if done == 10 and 'partial' in self.path:
-      raise _Stop
-
-  monkeypatch.setattr(T.StreamCheckpoint, 'save', save_then_stop)
-  with pytest.raises(_Stop):
-    runner.train_and_evaluate(config, cut_dir)
+  with monkeypatch.context() as m:
+    m.setattr(T.StreamCheckpoint, 'save', _save_then_stop_at(10))
+    with pytest.raises(_Stop):
+      runner.train_and_evaluate(config, cut_dir)
   assert [r['method'] for r in _rows(os.path.join(cut_dir, 'results.csv'))] == ['no_adaptation']
-  monkeypatch.setattr(T.StreamCheckpoint, 'save', original)
   starts = []
   real = runner.adapt.run_stream
   monkeypatch.setattr(runner.adapt, 'run_stream',
@@ -317,15 +323,8 @@ def test_episodic_held_out_streams_share_a_pass_equal_one_by_one_and_resume(tiny
   # Stopped after 10 of the 20 held-out images, the shared pass resumes at image 10.
   os.makedirs(cut)
   shutil.copy(os.path.join(shared, 'tuning.csv'), cut)
-  original = T.StreamCheckpoint.save
-
-  def save_then_stop(self, done, *a):
-    original(self, done, *a)
-    if done == 10 and 'partial' in self.path:
-      raise _Stop
-
   with monkeypatch.context() as m:
-    m.setattr(T.StreamCheckpoint, 'save', save_then_stop)
+    m.setattr(T.StreamCheckpoint, 'save', _save_then_stop_at(10))
     with pytest.raises(_Stop):
       runner.train_and_evaluate(config, cut)
   assert os.path.exists(os.path.join(
