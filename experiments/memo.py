@@ -310,11 +310,12 @@ def train_and_evaluate(config, workdir):
           out = run.stream(shift, method, x, y, setting)
       correct = np.asarray(out['correct'], bool)
       _save_stream(workdir, shift, method, config.seed, correct, out['predictions'])
+      rate = out['images_per_second']  # NaN for no adaptation: nothing was adapted
+      speed = f'{rate:.3f} images/s{note}' if np.isfinite(rate) else ''
       table.add(dict(row, test_acc=float(correct.mean()), n_test=len(correct),
-                     seconds=round(time.time() - start, 1),
-                     extra=f'{out["images_per_second"]:.3f} images/s{note}'))
-      print(f'{shift:16s} {method:24s} accuracy {correct.mean():.4f} '
-            f'({out["images_per_second"]:.2f} images/s{note})', flush=True)
+                     seconds=round(time.time() - start, 1), extra=speed))
+      print(f'{shift:16s} {method:24s} accuracy {correct.mean():.4f}'
+            + (f' ({speed})' if speed else ''), flush=True)
       write_outputs(workdir, table.rows, plan)
   print(write_outputs(workdir, table.rows, plan))
   return table.rows

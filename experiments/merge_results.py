@@ -75,9 +75,8 @@ def merge(into: str, sources) -> int:
   copies = _new_files(into, sources)
   for table, new in rows.items():
     if new:
-      target = ResultsCsv(os.path.join(into, table))
-      for r in new:
-        target.add({**r, 'hparam': r.get('hparam', '')})
+      ResultsCsv(os.path.join(into, table)).add_many(
+          [{**r, 'hparam': r.get('hparam', '')} for r in new])
   for a, b in copies:
     os.makedirs(os.path.dirname(b), exist_ok=True)
     shutil.copy2(a, b)

@@ -198,20 +198,26 @@ class ResultsCsv:
     Keys of `row` that are neither a header column nor a val_*/test_* metric are
     not written.
     """
-    key = row_key({'hparam': '', **row})
-    self.rows = [r for r in self.rows if row_key(r) != key]
-    names = list(self.columns()) + [k for k in row if _is_metric_column(k)]
-    header = _header(names)
-    # Stored as the strings a reread of the CSV gives (every column, '' if unset), so
-    # fresh and resumed rows agree.
-    self.rows = [{c: r.get(c, '') for c in header} for r in self.rows]
-    self.rows.append({c: _fmt(row.get(c, '')) for c in header})
+    self.add_many([row])
+
+  def add_many(self, rows):
+    """`add` for several runs, with one rewrite of the file (a merge adds hundreds)."""
+    for row in rows:
+      key = row_key({'hparam': '', **row})
+      self.rows = [r for r in self.rows if row_key(r) != key]
+      names = list(self.columns()) + [k for k in row if _is_metric_column(k)]
+      header = _header(names)
+      # Stored as the strings a reread of the CSV gives (every column, '' if unset), so
+      # fresh and resumed rows agree.
+      self.rows = [{c: r.get(c, '') for c in header} for r in self.rows]
+      self.rows.append({c: _fmt(row.get(c, '')) for c in header})
+    if not self.write or not self.rows:
+      return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=header, restval='')
+    writer = csv.DictWriter(buf, fieldnames=list(self.rows[0]), restval='')
     writer.writeheader()
     writer.writerows(self.rows)
-    if self.write:
-      atomic_write(self.path, buf.getvalue())
+    atomic_write(self.path, buf.getvalue())
 
 
 def _plain(value):

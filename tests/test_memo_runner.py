@@ -53,6 +53,9 @@ def test_memo_sweep_outputs_and_safe_resume(tiny, monkeypatch):
   rows = _rows(workdir)
   assert [r['method'] for r in rows] == ['no_adaptation', 'online/first_layer']
   assert all(r['n_test'] == '10' and 0 <= float(r['test_acc']) <= 1 for r in rows)
+  # A rate only where images were adapted.
+  assert rows[0]['extra'] == '' and rows[1]['extra'].endswith(' images/s')
+  assert float(rows[1]['extra'].split()[0]) > 0
   with open(os.path.join(workdir, 'streams', 'gaussian_noise_online_first_layer.json')) as f:
     stream = json.load(f)
   assert len(stream) == 10 and sum(stream) / 10 == pytest.approx(float(rows[1]['test_acc']))
