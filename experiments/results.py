@@ -478,9 +478,10 @@ def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_P
   seeds = sorted({str(r['seed']) for r in rows}, key=_seed_order)
   label = _metric_label(metric)
   lines = [f'# {title}', '',
-           f'Test {label} (%), mean ± standard error over seeds {", ".join(seeds)}; '
-           f'{protocol}' + (f' Selection on val_{metric}, table of test_{metric}.'
-                            if metric != DEFAULT_METRIC else ''), '']
+           (f'Test {label} (%), mean ± standard error over seeds {", ".join(seeds)}; '
+            if len(seeds) > 1 else f'Test {label} (%), seed {"".join(seeds)}; ')
+           + protocol + (f' Selection on val_{metric}, table of test_{metric}.'
+                         if metric != DEFAULT_METRIC else ''), '']
   lines += _table_lines(table, methods, shifts)
   for other in also:
     if other == metric or not any(r.get(f'test_{other}') not in (None, '') for r in rows):

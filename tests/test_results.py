@@ -63,6 +63,9 @@ def test_cross_val_is_mean_and_se_over_all_seeds_of_per_seed_picks(tmp_path):
   assert '| cross_val | 78.3 ± 6.0 |' in text
   assert '- cross_val: snow: block1 lr=0.001 / block2 lr=0.0001 / last lr=0.001' in text
   assert 'over seeds 0, 1, 2;' in text
+  one_seed = [r for r in rows if str(r['seed']) == '1']
+  text, _ = results.markdown_summary(one_seed, ['block1'], ['snow'], 'T')
+  assert 'Test accuracy (%), seed 1;' in text and 'standard error' not in text
 
 
 def test_cross_val_waits_for_every_planned_candidate(tmp_path):
