@@ -202,19 +202,25 @@ class ResultsCsv:
 
   def add_many(self, rows):
     """`add` for several runs, with one rewrite of the file (a merge adds hundreds)."""
+    new, metrics = {}, []
     for row in rows:
       key = row_key({'hparam': '', **row})
-      self.rows = [r for r in self.rows if row_key(r) != key]
-      names = list(self.columns()) + [k for k in row if _is_metric_column(k)]
-      header = _header(names)
-      # Stored as the strings a reread of the CSV gives (every column, '' if unset), so
-      # fresh and resumed rows agree.
-      self.rows = [{c: r.get(c, '') for c in header} for r in self.rows]
-      self.rows.append({c: _fmt(row.get(c, '')) for c in header})
-    if not self.write or not self.rows:
+      new.pop(key, None)  # a later row of the same run replaces it, last, as `add` would
+      new[key] = row
+      # A replaced row's metric columns stay too, as after an add per row.
+      metrics += [k for k in row if _is_metric_column(k)]
+    if not new:
+      return
+    self.rows = [r for r in self.rows if row_key(r) not in new]
+    header = _header(list(self.columns()) + metrics)
+    # Stored as the strings a reread of the CSV gives (every column, '' if unset), so
+    # fresh and resumed rows agree.
+    self.rows = ([{c: r.get(c, '') for c in header} for r in self.rows]
+                 + [{c: _fmt(row.get(c, '')) for c in header} for row in new.values()])
+    if not self.write:
       return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(self.rows[0]), restval='')
+    writer = csv.DictWriter(buf, fieldnames=header, restval='')
     writer.writeheader()
     writer.writerows(self.rows)
     atomic_write(self.path, buf.getvalue())
@@ -479,7 +485,7 @@ def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_P
   label = _metric_label(metric)
   lines = [f'# {title}', '',
            (f'Test {label} (%), mean ± standard error over seeds {", ".join(seeds)}; '
-            if len(seeds) > 1 else f'Test {label} (%), seed {"".join(seeds)}; ')
+            if len(seeds) > 1 else f'Test {label} (%), seed {seeds[0]}; ')
            + protocol + (f' Selection on val_{metric}, table of test_{metric}.'
                          if metric != DEFAULT_METRIC else ''), '']
   lines += _table_lines(table, methods, shifts)

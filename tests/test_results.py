@@ -203,6 +203,22 @@ def test_results_csv_reads_old_files_and_grows_metric_columns_in_stable_order(tm
     assert f.readline().strip().split(',') == header
 
 
+def test_add_many_writes_what_adding_one_by_one_writes(tmp_path):
+  # A replaced run, a run given twice in the batch (the later wins) and a metric column
+  # new to the file: one rewrite, the same file as an add per row.
+  batch = [dict(shift='snow', method='block1', lr=0.001, seed=0, test_acc=0.9),
+           dict(shift='fog', method='last', lr=0.01, seed=0, test_acc=0.1, test_wga=0.05),
+           dict(shift='fog', method='last', lr=0.01, seed=0, test_acc=0.2, extra='again')]
+  one = results.ResultsCsv(_write(tmp_path / 'one.csv', THREE_SEEDS))
+  for row in batch:
+    one.add(row)
+  many = results.ResultsCsv(_write(tmp_path / 'many.csv', THREE_SEEDS))
+  many.add_many(batch)
+  assert open(many.path).read() == open(one.path).read()
+  assert many.rows == one.rows and len(many.rows) == 16
+  assert many.rows[-1]['test_acc'] == '0.2' and many.rows[-1]['extra'] == 'again'
+
+
 def test_fingerprint_is_short_stable_and_order_free():
   fp = results.fingerprint({'b': (1, 2), 'a': 1})
   assert fp == hashlib.sha256(b'{"a":1,"b":[1,2]}').hexdigest()[:12]
