@@ -6,6 +6,7 @@ selection metric (`config.select_metric`, else the dataset's), and evaluate them
 on the target test set.
 """
 import math
+import os
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 import surgery
 from surgery.datasets import compute_metrics
-from surgery.errors import SurgeryError
+from surgery.errors import Interrupted, SurgeryError
 from surgery.groups import assign_groups, group_names, path_str, trainable_mask
 from surgery.methods.auto_snr import set_snr_weights, snr_weights
 from surgery.methods.registry import Context
@@ -238,10 +239,29 @@ def source_variables(config, workdir, spec):
   """Stage 1: the source model's variables. With `config.source_stage` (LP-FT from
   `init_checkpoint` on the source split), trained or resumed in the workdir; else
   `init_checkpoint` as it is, or a model pre-trained from scratch."""
-  if config.get('source_stage'):
-    from experiments import source_stage
-    return source_stage.lp_ft_or_load(config, workdir, spec)
-  if config.init_checkpoint:
+  if config.init_checkpoint and not config.get('source_stage'):
     return spec.load(config.init_checkpoint)
-  from experiments import pretrain
-  return pretrain.pretrain_or_load(config, workdir, spec)
+  try:
+    if config.get('source_stage'):
+      from experiments import source_stage
+      return source_stage.lp_ft_or_load(config, workdir, spec)
+    from experiments import pretrain
+    return pretrain.pretrain_or_load(config, workdir, spec)
+  except KeyboardInterrupt:
+    where = 'source_stage' if config.get('source_stage') else 'source_model_partial'
+    raise Interrupted(f'interrupted in the source stage, before any fine-tuning run: its '
+                      f'checkpoint is in {os.path.join(workdir, where)}; run the same command '
+                      'to resume from it') from None
+
+
+def source_stage_report(workdir) -> list:
+  """summary.md lines for the source stage's accuracy, if the workdir ran one."""
+  from experiments import source_stage
+  phases = source_stage.read_report(workdir)
+  if not phases:
+    return []
+  lines = ['## Source stage', '', '| phase | trains | epochs | source val accuracy (%) |',
+           '|---|---|---|---|']
+  lines += [f'| {p["phase"]} | {p["trains"]} | {p["epochs"]} | {100 * p["source_val_acc"]:.1f} '
+            f'({p["source_val_images"]} images) |' for p in phases]
+  return lines + ['']

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from surgery import distributed
-from surgery.errors import SurgeryError
+from surgery.errors import Interrupted, SurgeryError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.',
                                           lock_config=True)
@@ -57,10 +57,18 @@ def main(argv):
   except SurgeryError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  except KeyboardInterrupt:
-    print('interrupted: finished runs are in results.csv; run the same command to resume',
-          file=sys.stderr)
+  except KeyboardInterrupt as e:
+    print(_interrupted_message(e), file=sys.stderr)
     sys.exit(130)
+
+
+def _interrupted_message(e: KeyboardInterrupt) -> str:
+  if isinstance(e, Interrupted):
+    return str(e)
+  if os.path.exists(os.path.join(_WORKDIR.value, 'results.csv')):
+    return (f'interrupted: finished runs are in {os.path.join(_WORKDIR.value, "results.csv")}; '
+            'run the same command to resume')
+  return 'interrupted before any run finished; run the same command to start again'
 
 
 if __name__ == '__main__':

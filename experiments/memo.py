@@ -27,7 +27,7 @@ from surgery.memo import adapt
 from surgery.optim import BASE_OPTIMIZERS
 from experiments import memo_tuning, paper_tables
 from experiments import results as results_lib
-from experiments.plan import as_list, check_resume, model_spec, result_fields
+from experiments.plan import as_list, check_resume, config_record, model_spec, result_fields
 
 # Run axes: they choose which rows exist (each row's key holds its shift, method and
 # seed), never what a row holds, so a rerun may change them; the fingerprint leaves
@@ -224,7 +224,6 @@ def train_and_evaluate(config, workdir):
   shifts, methods = plan.shifts, plan.methods
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
-  os.makedirs(workdir, exist_ok=True)
   table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
   todo = [(s, m) for s in shifts for m in methods if not _done(table, s, m, config.seed)]
   if config.get('report_only'):
@@ -241,7 +240,7 @@ def train_and_evaluate(config, workdir):
         f'{"tuned" if tuning else config.steps} step(s). Model {plan.spec.name}.', flush=True)
   # Loaded before config.json is written, so an unusable checkpoint changes nothing.
   variables = plan.spec.load(config.init_checkpoint) if todo else None
-  results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+  results_lib.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
   if not todo:
     print(write_outputs(workdir, table.rows, plan))
     return table.rows

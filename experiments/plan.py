@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import ml_collections
 
 from experiments.results import diff_fields, fingerprint
+from surgery.io import content_sha256
 from surgery import datasets, models
 from surgery.errors import SurgeryError
 from surgery.methods import registry
@@ -23,10 +24,16 @@ from surgery.optim import BASE_OPTIMIZERS
 # Fields that never change a run's result: where things are written or read from,
 # what is reported, how evaluation is batched. The run axes (shifts, methods, seeds,
 # lr and hparam grids) are in every row's key instead.
-NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'corruptions',
+NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'breeds_info_dir',
+                     'init_checkpoint_file', 'corruptions',
                      'tune_sizes', 'methods', 'seeds', 'lrs', 'last_lrs', 'l1_sp.lambdas',
                      'auto_snr.thresholds', 'select_metric', 'reuse_frozen_prefix',
                      'prefix_cache_gb')
+# Fields that name a file whose content, not its path, makes the result: they enter the
+# fingerprint as 'sha256:<hex>', so a run resumes (and committed rows are reused) after the
+# checkout, the data or the weights move.
+CONTENT_FIELDS = ('init_checkpoint',)
+SHA_PREFIX = 'sha256:'
 # (select_metric does change a run, since it picks the epoch: `make_plan` adds the
 # resolved metric to the result fields when it is not 'acc', so rows made before it
 # was recorded keep their fingerprints.)
@@ -94,8 +101,47 @@ def _one_of(value, field, valid):
   return value
 
 
+def content_id(value: str) -> str:
+  """'sha256:<hex>' of the file or folder at `value`; `value` itself when it is already
+  such an id, empty, or no longer exists (then it differs from any id, by name)."""
+  if not value or value.startswith(SHA_PREFIX) or not os.path.exists(value):
+    return value
+  from surgery.data.cifar10 import cache_dir
+  return SHA_PREFIX + content_sha256(value, os.path.join(cache_dir(), 'checksums.json'))
+
+
+def _portable_path(value):
+  """A path as config.json records it: relative paths as given, absolute ones by their
+  last component only, so that no committed file names a machine's folders."""
+  if isinstance(value, str) and os.path.isabs(value):
+    return '.../' + os.path.basename(value.rstrip('/'))
+  return value
+
+
+def config_record(config) -> str:
+  """config.json's text: the config, with each `CONTENT_FIELDS` path replaced by its
+  content id (the path kept beside it as `<field>_file`) and absolute paths cut to their
+  last component."""
+  record = json.loads(config.to_json())
+  return record_text(record, {f: content_id(record[f]) for f in CONTENT_FIELDS if record.get(f)})
+
+
+def record_text(record: dict, ids: dict) -> str:
+  """`config_record` of a config as a dict, given the content ids of its CONTENT_FIELDS."""
+  record = dict(record)
+  for field, cid in ids.items():
+    if not record[field].startswith(SHA_PREFIX):
+      record[f'{field}_file'] = _portable_path(record[field])
+      record[field] = cid
+  for field in ('data_dir', 'breeds_info_dir'):
+    if field in record:
+      record[field] = _portable_path(record[field])
+  return json.dumps(record, indent=2)
+
+
 def result_fields(config) -> dict:
-  """The flattened config fields that affect results (json-normalised)."""
+  """The flattened config fields that affect results (json-normalised); checkpoints
+  by content (`CONTENT_FIELDS`)."""
   flat = {}
 
   def walk(prefix, d):
@@ -112,6 +158,9 @@ def result_fields(config) -> dict:
     name, options = model_options(fields['model'])
     fields['model'] = {**{k: v for k, v in fields['model'].items() if k in _MODEL_FIELDS},
                        **options}
+  for field in CONTENT_FIELDS:
+    if isinstance(fields.get(field), str):
+      fields[field] = content_id(fields[field])
   walk('', fields)
   return flat
 

@@ -36,9 +36,12 @@ this host's shard, in `workers` processes). Training state, the best epoch's wei
 and the iterator's position are saved with an orbax CheckpointManager in
 WORKDIR/source_stage every `checkpoint_every` steps, at the end of each epoch that was
 evaluated and at the end of each phase, so an interrupted run resumes mid-epoch where it
-stopped; the result goes to WORKDIR/source_model, which later runs load.
+stopped; the result goes to WORKDIR/source_model, which later runs load. After each
+phase the source split 'val' is evaluated; its accuracy is printed and kept in
+WORKDIR/source_stage.json, which summary.md shows.
 """
 import dataclasses
+import json
 import os
 from typing import Callable
 
@@ -49,10 +52,12 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 import surgery
-from surgery import datasets
+from surgery import datasets, distributed
 from surgery.checkpoints import save_params
 from surgery.data.pipeline import batches
+from surgery.data.shm import shared_memory_scope
 from surgery.errors import SurgeryError
+from surgery.io import atomic_write
 from surgery.optim import BASE_OPTIMIZERS
 
 COMMON = ('kind', 'batch_size', 'workers', 'seed', 'checkpoint_every')
@@ -206,7 +211,9 @@ def lp_ft_or_load(config, workdir, spec) -> dict:
   from WORKDIR/source_stage) and saved there."""
   final = os.path.join(workdir, 'source_model')
   if os.path.isdir(final):
-    print(f'source model: loading {final}', flush=True)
+    accs = ', '.join(f'{p["phase"]} {p["source_val_acc"]:.4f}' for p in read_report(workdir))
+    print(f'source model: loading {final}' + (f' (source val acc after {accs})' if accs else ''),
+          flush=True)
     return spec.load(final)
   sc = config.source_stage
   dataset = datasets.create(config.get('dataset'), config)
@@ -217,81 +224,112 @@ def lp_ft_or_load(config, workdir, spec) -> dict:
   plan = phases(config, spec)
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
 
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  with ocp.CheckpointManager(os.path.join(workdir, 'source_stage'), options=options) as manager:
-    latest = manager.latest_step()
-    done = {'phase': 0, 'step': 0, 'iterator': None, 'best': None}
-    weights_abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                              {'params': params, 'model_state': model_state})
-    if latest is not None:
-      done = {'best': None, **manager.restore(latest, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))['meta']}
-      if done['step'] == 0:  # saved at the end of a phase: its weights, no optimizer
-        weights = manager.restore(latest, args=ocp.args.Composite(
-            weights=ocp.args.StandardRestore(weights_abstract)))['weights']
-        params, model_state = weights['params'], weights['model_state']
-    for index, phase in enumerate(plan):
-      if index < done['phase']:
-        continue
-      it = _iterator(source, dataset, sc, index, phase)
-      tx = surgery.surgical(phase.optimizer(len(it)),
-                            surgery.trainable_mask(params, spec.groups, phase.group_spec))
-      state = surgery.init_train_state(params, tx, model_state)
-      best, best_weights = None, None  # {'metric', 'epoch'}, their weights
-      if index == done['phase'] and done['step'] > 0:  # mid-phase: state and position
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        items = {'state': ocp.args.StandardRestore(abstract)}
-        if done['best']:
-          items['best_weights'] = ocp.args.StandardRestore(weights_abstract)
-        got = manager.restore(latest, args=ocp.args.Composite(**items))
-        state, best, best_weights = got['state'], done['best'], got.get('best_weights')
-        it.set_state(done['iterator'])
-        print(f'source stage: resuming phase {phase.name} at step {int(state.step)} of '
-              f'{len(it)}', flush=True)
-      state = surgery.replicate(mesh, state)
-      step = surgery.make_train_step(_module(spec, phase), tx, mesh=mesh)
-      counter = _make_counter(spec.module, mesh) if phase.select_best else None
-      print(f'source stage ({phase.name}): {phase.epochs} epoch(s) of {it.steps_per_epoch} '
-            f'steps over {len(source)} source images, {_describe(sc, phase)}', flush=True)
-      loss = None
-      with it, tqdm(total=len(it), initial=int(surgery.train.to_host(state.step)),
-                    desc=f'source {phase.name}', unit='step', leave=False) as bar:
-        for batch in it:
-          x, y, w = surgery.train.host_local_batch(mesh, batch['image'], batch['label'],
-                                                   batch['weight'])
-          state, metrics = step(state, x, y, w)
-          bar.update()
-          n = int(surgery.train.to_host(state.step))
-          if n % 20 == 0 or n == len(it):
-            loss = float(surgery.train.to_host(metrics['loss']))
-            bar.set_postfix(loss=f'{loss:.3f}')
-          epoch_end = n % it.steps_per_epoch == 0
-          if counter is not None and epoch_end:
-            epoch = n // it.steps_per_epoch
-            acc = _val_accuracy(counter, state, dataset, sc, mesh)
-            bar.write(f'source stage epoch {epoch}: source val acc {acc:.4f}')
-            if best is None or acc > best['metric']:
-              best = {'metric': acc, 'epoch': epoch}
-              best_weights = surgery.train.to_host(
-                  {'params': state.params, 'model_state': state.model_state})
-          if n < len(it) and (n % sc.checkpoint_every == 0
-                                  or (counter is not None and epoch_end)):
-            items = {'state': state}
-            if best_weights is not None:
-              items['best_weights'] = best_weights
-            _save(manager, items, index, n, it, best)
-      state = surgery.train.to_host(state)
-      params, model_state = state.params, state.model_state
-      if best_weights is not None:
-        params, model_state = best_weights['params'], best_weights['model_state']
-        print(f'source stage ({phase.name}): keeping epoch {best["epoch"]} of {phase.epochs} '
-              f'(source val acc {best["metric"]:.4f})', flush=True)
-      _save(manager, {'weights': {'params': params, 'model_state': model_state}}, index + 1, 0)
-      print(f'source stage ({phase.name}) done' + (f': last batch loss {loss:.3f}' if loss else ''),
-            flush=True)
+  # Worker processes hand batches over in shared memory: named after this workdir, so a
+  # killed run's leftovers are removed by the next one (surgery.data.shm).
+  with shared_memory_scope(workdir):
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    with ocp.CheckpointManager(os.path.join(workdir, 'source_stage'), options=options) as manager:
+      latest = manager.latest_step()
+      done = {'phase': 0, 'step': 0, 'iterator': None, 'best': None}
+      weights_abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                                {'params': params, 'model_state': model_state})
+      if latest is not None:
+        done = {'best': None, **manager.restore(latest, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))['meta']}
+        if done['step'] == 0:  # saved at the end of a phase: its weights, no optimizer
+          weights = manager.restore(latest, args=ocp.args.Composite(
+              weights=ocp.args.StandardRestore(weights_abstract)))['weights']
+          params, model_state = weights['params'], weights['model_state']
+      for index, phase in enumerate(plan):
+        if index < done['phase']:
+          continue
+        it = _iterator(source, dataset, sc, index, phase)
+        tx = surgery.surgical(phase.optimizer(len(it)),
+                              surgery.trainable_mask(params, spec.groups, phase.group_spec))
+        state = surgery.init_train_state(params, tx, model_state)
+        best, best_weights = None, None  # {'metric', 'epoch'}, their weights
+        if index == done['phase'] and done['step'] > 0:  # mid-phase: state and position
+          abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+          items = {'state': ocp.args.StandardRestore(abstract)}
+          if done['best']:
+            items['best_weights'] = ocp.args.StandardRestore(weights_abstract)
+          got = manager.restore(latest, args=ocp.args.Composite(**items))
+          state, best, best_weights = got['state'], done['best'], got.get('best_weights')
+          it.set_state(done['iterator'])
+          print(f'source stage: resuming phase {phase.name} at step {int(state.step)} of '
+                f'{len(it)}', flush=True)
+        state = surgery.replicate(mesh, state)
+        step = surgery.make_train_step(_module(spec, phase), tx, mesh=mesh)
+        counter = _make_counter(spec.module, mesh) if phase.select_best else None
+        print(f'source stage ({phase.name}): {phase.epochs} epoch(s) of {it.steps_per_epoch} '
+              f'steps over {len(source)} source images, {_describe(sc, phase)}', flush=True)
+        loss = None
+        with it, tqdm(total=len(it), initial=int(surgery.train.to_host(state.step)),
+                      desc=f'source {phase.name}', unit='step', leave=False) as bar:
+          for batch in it:
+            x, y, w = surgery.train.host_local_batch(mesh, batch['image'], batch['label'],
+                                                     batch['weight'])
+            state, metrics = step(state, x, y, w)
+            bar.update()
+            n = int(surgery.train.to_host(state.step))
+            if n % 20 == 0 or n == len(it):
+              loss = float(surgery.train.to_host(metrics['loss']))
+              bar.set_postfix(loss=f'{loss:.3f}')
+            epoch_end = n % it.steps_per_epoch == 0
+            if counter is not None and epoch_end:
+              epoch = n // it.steps_per_epoch
+              acc = _val_accuracy(counter, state, dataset, sc, mesh)
+              bar.write(f'source stage epoch {epoch}: source val acc {acc:.4f}')
+              if best is None or acc > best['metric']:
+                best = {'metric': acc, 'epoch': epoch}
+                best_weights = surgery.train.to_host(
+                    {'params': state.params, 'model_state': state.model_state})
+            if n < len(it) and (n % sc.checkpoint_every == 0
+                                    or (counter is not None and epoch_end)):
+              items = {'state': state}
+              if best_weights is not None:
+                items['best_weights'] = best_weights
+              _save(manager, items, index, n, it, best)
+        if best_weights is not None:
+          params, model_state = best_weights['params'], best_weights['model_state']
+          acc = best['metric']
+          print(f'source stage ({phase.name}): keeping epoch {best["epoch"]} of {phase.epochs} '
+                f'(source val acc {best["metric"]:.4f})', flush=True)
+        else:
+          acc = _val_accuracy(counter or _make_counter(spec.module, mesh), state, dataset, sc,
+                              mesh)
+          state = surgery.train.to_host(state)
+          params, model_state = state.params, state.model_state
+        _save(manager, {'weights': {'params': params, 'model_state': model_state}}, index + 1, 0)
+        record_phase(workdir, phase, acc, len(dataset.source('val')))
+        print(f'source stage ({phase.name}) done: source val acc {acc:.4f}'
+              + (f', last batch loss {loss:.3f}' if loss else ''), flush=True)
   variables = {'params': params, **model_state}
   save_params(final, variables)
   return variables
+
+
+REPORT = 'source_stage.json'  # in the workdir: each phase's source val accuracy
+
+
+def record_phase(workdir, phase: Phase, acc: float, n_val: int) -> None:
+  """Adds (or replaces) a finished phase's source val accuracy in WORKDIR/REPORT, which
+  summary.md shows: a source model that did not learn is seen before the sweep's rows."""
+  if not distributed.is_primary():
+    return
+  path = os.path.join(workdir, REPORT)
+  phases_done = [p for p in read_report(workdir) if p['phase'] != phase.name]
+  phases_done.append({'phase': phase.name, 'trains': phase.group_spec, 'epochs': phase.epochs,
+                      'source_val_acc': round(float(acc), 6), 'source_val_images': n_val})
+  atomic_write(path, json.dumps({'phases': phases_done}, indent=2) + '\n')
+
+
+def read_report(workdir) -> list:
+  path = os.path.join(workdir, REPORT)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f).get('phases', [])
 
 
 def _describe(sc, phase: Phase) -> str:

@@ -19,14 +19,13 @@ from surgery.methods import registry
 from experiments import figures
 from experiments import finetune
 from experiments import results as results_lib
-from experiments.plan import check_resume, make_plan
+from experiments.plan import check_resume, config_record, make_plan
 
 
 def train_and_evaluate(config, workdir):
   plan = make_plan(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
-  os.makedirs(workdir, exist_ok=True)
   primary = distributed.is_primary()  # the one process that writes files
   table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
   if config.get('report_only'):
@@ -40,18 +39,22 @@ def train_and_evaluate(config, workdir):
   # Every process read results.csv before any writes it, and all go on with one list.
   distributed.agree('the runs to do', repr(todo))
   distributed.barrier('read results.csv')
-  if primary:
-    results_lib.atomic_write(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+  layout = device_layout()
   print(f'{len(plan.runs)} runs planned ({len(plan.shifts)} shift(s) x methods x lrs x '
-        f'{len(plan.seeds)} seed(s)); {len(plan.runs) - len(todo)} already in results.csv, '
-        f'{len(todo)} to go. Model {plan.model.name}, dataset {config.get("dataset", "cifar10")}. '
-        f'Devices: {jax.device_count()} x {jax.devices()[0].device_kind}.', flush=True)
+        f'{len(plan.seeds)} seed(s){_candidates_text(plan)}); {len(plan.runs) - len(todo)} '
+        f'already in results.csv, {len(todo)} to go. Model {plan.model.name}, dataset '
+        f'{config.get("dataset", "cifar10")}. Devices: {layout}.', flush=True)
+  _warn_mixed_layouts(table, layout, bool(todo))
   if not todo:
     if primary:
       print(write_outputs(workdir, table.rows, plan))
     return table.rows
 
+  # Loaded (or trained) before config.json is written: a checkpoint that does not fit
+  # the model is the user's error, and a user error leaves nothing behind.
   variables = finetune.source_variables(config, workdir, plan.model)
+  if primary:
+    results_lib.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
@@ -82,6 +85,37 @@ def train_and_evaluate(config, workdir):
   return table.rows
 
 
+def device_layout() -> str:
+  """'<processes>x<local devices> <kind>': rows made on one layout are reproducible
+  exactly; another layout sums gradients in another order and drifts (README)."""
+  return (f'{jax.process_count()}x{jax.local_device_count()} '
+          f'{jax.devices()[0].device_kind.replace(" ", "_")}')
+
+
+def _warn_mixed_layouts(table, layout, adding):
+  before = sorted({r['extra'].split('layout=', 1)[1].split(';')[0] for r in table.rows
+                   if 'layout=' in (r.get('extra') or '')} - {layout})
+  if before and adding:
+    print(f'note: results.csv holds rows made on device layout {", ".join(before)}; this run '
+          f'adds rows made on {layout}. Rows are reproducible only on one layout.', flush=True)
+
+
+def _candidates(plan) -> list:
+  """Methods that run only because Cross-Val picks among them (not requested)."""
+  ran = {r.method for r in plan.runs}
+  order = {m: i for i, m in enumerate(registry.names(plan.model))}
+  return sorted(ran - set(plan.methods), key=lambda m: order.get(m, len(order)))
+
+
+def _candidates_text(plan) -> str:
+  extra = _candidates(plan)
+  if not extra:
+    return ''
+  runs = sum(r.method in extra for r in plan.runs)
+  return (f', including {runs} run(s) of {", ".join(extra)}, which cross_val picks among '
+          'but were not requested')
+
+
 def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True):
   """One results.csv row: fine-tune (or just evaluate, for evaluate-only methods)."""
   start = time.time()
@@ -100,7 +134,8 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
       _save_rgn_weights(workdir, run.shift, run.lr, run.seed, rgn)
   row = dict(shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
              n_tune=len(tune[1]), n_val=len(val[1]), n_test=len(test[1]),
-             seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint, **fields)
+             seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint,
+             extra=f'layout={device_layout()}', **fields)
   if primary:
     results_lib.append_jsonl(os.path.join(workdir, 'metrics.jsonl'), dict(
         shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
@@ -133,11 +168,22 @@ def write_outputs(workdir, rows, plan):
         rows, registry.selection_candidates(plan.model), metric=metric,
         planned=[results_lib.run_key(r.shift, r.method, r.lr, r.seed, r.hparam)
                  for r in plan.runs])
-  shown = [m for m in methods if any(r['method'] == m for r in rows)]
+  candidates = _candidates(plan) if 'cross_val' in methods else []
+  shown = [m for m in methods + candidates if any(r['method'] == m for r in rows)]
   title = config.get('title') or f'{plan.model.name} fine-tuning'
-  extra = []
+  have = {results_lib.row_key(r) for r in rows}
+  done = sum(results_lib.run_key(r.shift, r.method, r.lr, r.seed, r.hparam) in have
+             for r in plan.runs)
+  if done < len(plan.runs):  # the title says so, and so does the figure's
+    title += f' (partial: {done} of {len(plan.runs)} runs)'
+  notes = []
+  if candidates:
+    notes.append(f'{", ".join(candidates)}: not requested; run and shown because cross_val '
+                 'picks among them.')
+  extra = finetune.source_stage_report(workdir)
   text, table = results_lib.markdown_summary(rows, shown, shifts, title, metric=metric,
-                                             also=getattr(plan.dataset, 'metrics', ()))
+                                             also=getattr(plan.dataset, 'metrics', ()),
+                                             notes='\n\n'.join(notes))
   if shown:
     results_lib.plot_accuracy_by_method(table, shown, shifts,
                                         os.path.join(workdir, 'accuracy_by_method.png'), title)
@@ -157,7 +203,7 @@ def write_outputs(workdir, rows, plan):
                 '(norm tensors, which Auto-RGN leaves out, not counted), for the run '
                 'validation picked.', '', figures.rgn_group_means_markdown(panels, plan.model.groups), '']
   text += ('\n' + '\n'.join(extra) if extra else '') + (
-      f'\nWritten by `python -m experiments.main` into {workdir}; see config.json.\n')
+      '\nWritten by `python -m experiments.main`; its settings are in config.json beside it.\n')
   results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
   return text
 

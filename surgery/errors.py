@@ -16,3 +16,7 @@ class GroupSpecError(SurgeryError):
 
 class CheckpointError(SurgeryError):
   """A checkpoint is unreadable, unsafe, or does not fit the model."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C, with what the entry point should tell the user about where work stands."""

@@ -108,6 +108,14 @@ def test_sweep_writes_outputs_and_resumes(tiny, monkeypatch):
   again = _rows(os.path.join(workdir, 'results.csv'))
   assert len(again) == 5 and again[:3] == rows[:3]
 
+  # The source checkpoint moves (another checkout, another machine): nothing reruns.
+  import shutil
+  before = open(os.path.join(workdir, 'results.csv')).read()
+  config.init_checkpoint = shutil.copytree(config.init_checkpoint, str(tmp / 'moved' / 'src'))
+  runner.train_and_evaluate(config, workdir)
+  assert len(calls) == 2 and open(os.path.join(workdir, 'results.csv')).read() == before
+  assert str(tmp) not in open(os.path.join(workdir, 'config.json')).read()
+
   # report_only rewrites the summary from results.csv and runs nothing.
   os.remove(os.path.join(workdir, 'summary.md'))
   config.report_only = True
@@ -415,3 +423,76 @@ def test_merge_results_carries_memo_tuning_rows_and_streams(tmp_path):
   with pytest.raises(SystemExit, match='differs'):
     merge(str(a), [str(c)])
   assert len(ResultsCsv(str(a / 'results.csv')).rows) == 2
+
+
+def _fake_rows(plan, skip_last=0):
+  """A results.csv's rows for `plan.runs` (less the last `skip_last`), validation
+  accuracy rising with the run's place so that selection has one answer."""
+  table = runner.results_lib.ResultsCsv('/nonexistent/results.csv', write=False)
+  runs = plan.runs[:len(plan.runs) - skip_last]
+  table.add_many([dict(shift=r.shift, method=r.method, lr=r.lr, hparam=r.hparam, seed=r.seed,
+                       best_epoch=1, val_acc=0.3 + 0.01 * i, test_acc=0.2 + 0.01 * i,
+                       n_tune=30, n_val=20, n_test=30, seconds=1.0)
+                  for i, r in enumerate(runs)])
+  return table.rows
+
+
+def test_summary_says_partial_and_shows_cross_vals_candidates(tiny):
+  config, tmp = tiny
+  config.methods = ('all', 'cross_val')
+  plan = make_plan(config)
+  candidates = runner._candidates(plan)
+  assert candidates[0] == 'first_layer' and 'all' not in candidates and 'last' in candidates
+  n = len(plan.runs)
+  assert f'{n - 1} run(s) of {", ".join(candidates)}, which cross_val picks among' in \
+      runner._candidates_text(plan)
+  workdir = str(tmp / 'report')
+  text = runner.write_outputs(workdir, _fake_rows(plan, skip_last=2), plan)
+  assert text.splitlines()[0].endswith(f'(partial: {n - 2} of {n} runs)')
+  assert '| first_layer |' in text  # ran; 'last', whose runs are missing, is not shown yet
+  assert 'not requested; run and shown because cross_val picks among them' in text
+  text = runner.write_outputs(workdir, _fake_rows(plan), plan)
+  for m in candidates:
+    assert f'| {m} |' in text
+  assert 'partial' not in text and open(os.path.join(workdir, 'summary.md')).read() == text
+  assert str(tmp) not in text
+
+
+def test_a_checkpoint_that_does_not_fit_writes_nothing_and_names_the_shape_fields(tiny):
+  config, tmp = tiny
+  wide = models.create('resnet26', depth=8, width=2)
+  config.init_checkpoint = save_params(str(tmp / 'wide'), wide.init()['params'])
+  workdir = tmp / 'never_written'
+  with pytest.raises(SurgeryError, match=r'does not fit .*model\.resnet26\.width \(1\)'):
+    runner.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_rows_record_the_device_layout_and_a_mixed_layout_is_announced(tiny, capsys):
+  config, tmp = tiny
+  config.methods = ('last',)
+  config.last_lrs = (1e-2,)
+  workdir = tmp / 'layout'
+  runner.train_and_evaluate(config, str(workdir))
+  layout = runner.device_layout()
+  assert layout == f'1x{jax.local_device_count()} cpu'
+  assert [r['extra'] for r in _rows(workdir / 'results.csv')] == [f'layout={layout}']
+  assert 'note: results.csv holds rows' not in capsys.readouterr().out
+  table = runner.results_lib.ResultsCsv(str(workdir / 'results.csv'), write=False)
+  table.rows[0]['extra'] = 'layout=2x4 TPU_v4'
+  runner._warn_mixed_layouts(table, layout, adding=True)
+  assert (f'note: results.csv holds rows made on device layout 2x4 TPU_v4; this run adds '
+          f'rows made on {layout}') in capsys.readouterr().out
+
+
+def test_an_interrupted_source_stage_says_where_its_checkpoint_is(tiny, monkeypatch):
+  from experiments import pretrain
+  from surgery.errors import Interrupted
+  config, tmp = tiny
+  config.init_checkpoint = ''
+
+  def stop(*args):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(pretrain, 'pretrain_or_load', stop)
+  with pytest.raises(Interrupted, match='source_model_partial; run the same command'):
+    finetune.source_variables(config, str(tmp / 'w'), models.create('resnet26', depth=8))

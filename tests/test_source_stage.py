@@ -65,7 +65,8 @@ def _same(a, b):
 
 def test_best_epoch_is_kept_and_equals_a_run_that_stopped_there(tmp_path, monkeypatch):
   scores = iter([0.5, 0.9, 0.7])  # source val accuracy after epochs 1, 2, 3
-  monkeypatch.setattr(source_stage, '_val_accuracy', lambda *a: next(scores))
+  # (the 'last' runs evaluate once more, at the end of their phase)
+  monkeypatch.setattr(source_stage, '_val_accuracy', lambda *a: next(scores, 0.0))
   best = _train(_config(tmp_path), tmp_path / 'best')
   two = _train(_config(tmp_path, epochs=2, select='last'), tmp_path / 'two')
   three = _train(_config(tmp_path, select='last'), tmp_path / 'three')
@@ -154,3 +155,25 @@ def test_source_validation_accuracy_is_the_models_accuracy_on_the_val_split(tmp_
   state = {k: v for k, v in variables.items() if k != 'params'}
   preds = surgery.train.predictions(predict, variables['params'], state, val.images, 7)
   assert printed == pytest.approx(float(np.mean(preds == val.labels)), abs=1e-4)
+
+
+def test_every_phase_reports_its_source_val_accuracy_and_the_summary_shows_it(tmp_path, capsys):
+  from experiments import finetune
+  config = _config(tmp_path)
+  config.source_stage = ml_collections.ConfigDict(dict(
+      kind='lp_ft', head_epochs=1, all_epochs=1, head_lr=1e-2, all_lr=1e-3, batch_size=8,
+      workers=0, seed=0, checkpoint_every=100))
+  _train(config, tmp_path / 'lpft')
+  out = capsys.readouterr().out
+  phases = source_stage.read_report(str(tmp_path / 'lpft'))
+  assert [p['phase'] for p in phases] == ['head', 'all']
+  for p in phases:
+    assert 0.0 <= p['source_val_acc'] <= 1.0 and p['source_val_images'] == 20
+    assert f'source stage ({p["phase"]}) done: source val acc {p["source_val_acc"]:.4f}' in out
+  lines = finetune.source_stage_report(str(tmp_path / 'lpft'))
+  assert lines[0] == '## Source stage'
+  assert f'| head | last | 1 | {100 * phases[0]["source_val_acc"]:.1f} (20 images) |' in lines
+  # A later run loads the model and says how good it was.
+  _train(config, tmp_path / 'lpft')
+  assert 'source val acc after head' in capsys.readouterr().out
+  assert finetune.source_stage_report(str(tmp_path / 'nothing_here')) == []

@@ -11,6 +11,9 @@ pod must step together, so every host yields the same number of batches per epoc
 `pad_to_batch` the shortfall is filled with copies of real examples at weight 0, with
 `drop_remainder` each host stops at the last full batch that every host can make. Batches
 never straddle epochs. Nothing here imports TensorFlow.
+
+With `worker_count > 0`, run inside `surgery.data.shm.shared_memory_scope(workdir)`, so a
+killed run's worker processes and their shared memory do not outlive it.
 """
 import functools
 import math
@@ -20,7 +23,12 @@ from typing import Callable, Optional
 import grain
 import numpy as np
 
+from surgery.data import shm
 from surgery.errors import SurgeryError
+
+# Worker processes import this module to unpickle the pipeline: that is where they learn
+# to name their shared memory after the run and to exit with it.
+shm.install_in_worker()
 
 _INT_KEYS = ('label', 'group', 'domain', 'class_index')
 

@@ -37,6 +37,7 @@ class ImageNetImages:
     locate_imagenet(self.data_dir)  # missing data: one line, before anything runs
     self.class_index = breeds.Hierarchy(info_dir).class_index
     self.train_transform = TrainTransform()
+    self.eval_transform = EvalTransform()  # stage 1's source val accuracy streams with it
     self._pools = {}
 
   def pool(self, split: str, label_of: dict):

@@ -47,6 +47,7 @@ class Subpopulation:
     self.tune_per_class = config.get('tune_per_class', 50)
     self.val_per_class = config.get('val_per_class', 10)
     self.train_transform = getattr(images, 'train_transform', None)
+    self.eval_transform = getattr(images, 'eval_transform', None)
     self.config = config
 
   def shift_names(self, groups=None) -> list:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from surgery.errors import SurgeryError
+from surgery.errors import CheckpointError, SurgeryError
 
 # name -> module defining create(); imported on use so a model's dependencies load
 # only when it is picked.
@@ -99,9 +99,30 @@ def create(name: str, **overrides) -> ModelSpec:
   if hasattr(module, 'VARIANTS'):  # one module, several registered names
     overrides = {'variant': name, **overrides}
   try:
-    return module.create(**overrides)
+    spec = module.create(**overrides)
   except TypeError as e:  # an override the model does not have
     raise SurgeryError(f'model {name}: {e}') from None
+  return dataclasses.replace(spec, load=_naming_shape_options(spec))
+
+
+def _naming_shape_options(spec: ModelSpec):
+  """`spec.load`, whose does-not-fit errors also name the config fields that set the
+  model's shapes: a checkpoint of another width is most often a forgotten option."""
+  load = spec.load
+  options = [k for k, v in spec.overrides.items()
+             if isinstance(v, (int, tuple, list)) and not isinstance(v, bool)]
+
+  def checked(path):
+    try:
+      return load(path)
+    except CheckpointError as e:
+      if 'does not fit' not in str(e) or not options:
+        raise
+      raise CheckpointError(
+          f'{e}; the model\'s shapes are set by '
+          + ', '.join(f'model.{spec.name}.{o} ({spec.overrides[o]})' for o in options)) from None
+
+  return checked
 
 
 def get_module(name: str):
