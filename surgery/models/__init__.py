@@ -120,9 +120,14 @@ def _naming_shape_options(spec: ModelSpec):
         raise
       raise CheckpointError(
           f'{e}; the model\'s shapes are set by '
-          + ', '.join(f'model.{spec.name}.{o} ({spec.overrides[o]})' for o in options)) from None
+          + ', '.join(f'model.{spec.name}.{o} ({_text(spec.overrides[o])})' for o in options)
+      ) from None
 
   return checked
+
+
+def _text(value) -> str:
+  return ','.join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def get_module(name: str):
