@@ -10,6 +10,7 @@ data comes from the dataset contract (`surgery.datasets`). Every row carries the
 fingerprint of the config fields that affect results; rerunning a workdir whose rows
 were made under other values stops before any run and names the fields.
 """
+import functools
 import json
 import math
 import os
@@ -127,7 +128,9 @@ def make_plan(config) -> MemoPlan:
   if not methods:
     raise SurgeryError('modes, options: no run asked for (give a mode and an option, or '
                        'no_adaptation=True)')
-  k = dataset.num_classes
+  # Streams are class-balanced unless `class_balanced` is False (absent from older
+  # configs, so their fingerprints stay as they were).
+  k = dataset.num_classes if config.get('class_balanced', True) else 1
   num_images = config.num_images
   if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < k or num_images % k:
     raise SurgeryError(f'num_images must be a positive multiple of {k} (the number of '
@@ -193,9 +196,16 @@ def _old_result_fields(config_path):
   return memo_result_fields(ml_collections.ConfigDict(old))
 
 
-def stream_subset(labels, n, seed, num_classes):
-  """A class-balanced, seeded, shuffled subset of n indices (the order of the stream)."""
+def stream_subset(labels, n, seed, num_classes, balanced=True):
+  """A class-balanced, seeded, shuffled subset of n indices (the order of the stream);
+  with `balanced=False` any n of them (`class_balanced`: a test set whose classes are
+  unequal, such as the 1,017 exact CIFAR-10 images, can be used whole)."""
   labels = np.asarray(labels)
+  if not balanced:
+    if n > len(labels):
+      raise SurgeryError(f'num_images and tune.images ask for {n} images; there are '
+                         f'{len(labels)} here')
+    return np.random.default_rng(seed).permutation(len(labels))[:n]
   per_class = n // num_classes
   fewest = min(int(np.sum(labels == c)) for c in range(num_classes))
   if n % num_classes or per_class > fewest:
@@ -255,7 +265,8 @@ def train_and_evaluate(config, workdir):
       tune_idx, order = tuning_split(plan, target['label'], config.seed)
       tune_set = (target['image'][tune_idx], target['label'][tune_idx])
     else:
-      order = stream_subset(target['label'], config.num_images, config.seed, k)
+      order = stream_subset(target['label'], config.num_images, config.seed, k,
+                            config.get('class_balanced', True))
     x, y = target['image'][order], target['label'][order]
     tuned = {}  # method -> (setting, its tuning accuracy), tuned before its stream
 
@@ -323,8 +334,10 @@ def train_and_evaluate(config, workdir):
 def tuning_split(plan, labels, seed):
   """(tuning images, held-out stream): the runner's index arrays into a corruption's
   test set under a tuned plan, for `seed`."""
+  subset = functools.partial(stream_subset,
+                             balanced=plan.config.get('class_balanced', True))
   return memo_tuning.split_tune_stream(labels, plan.tuning[1], plan.config.num_images, seed,
-                                       plan.dataset.num_classes, stream_subset)
+                                       plan.dataset.num_classes, subset)
 
 
 def _done(table, shift, method, seed):
@@ -546,8 +559,9 @@ def write_outputs(workdir, rows, plan):
         for mode in adapt.MODES) + '.'
   text, _ = results_lib.markdown_summary(
       rows, shown, shifts, title, protocol=protocol, show_lrs=bool(plan.tuning),
-      notes=(f'{config.num_images} test images per shift, adapted in one seeded, '
-             f'class-balanced stream; {config.num_copies} augmented copies'
+      notes=(f'{config.num_images} test images per shift, adapted in one seeded'
+             + (', class-balanced' if config.get('class_balanced', True) else '')
+             + f' stream; {config.num_copies} augmented copies'
              + ('' if plan.tuning else f', {config.steps} step(s)') + '. Episodic resets to '
              'the source model after every image; online keeps the updates. ' + notes
              + '\n\n' + _paper_markdown(rows, shown, shifts, config)
