@@ -1,5 +1,6 @@
 """Stage 1: pre-train the source model on the dataset's source (train) split when no
-checkpoint is given. SGD with momentum, cosine learning rate, random crop + flip.
+checkpoint is given. SGD with momentum, a cosine or step learning rate (`lr_schedule`),
+random crop + flip.
 
 Any model (`surgery.models`) and dataset (`surgery.datasets`) contract: the model comes
 as a spec, the data from `dataset.source('train')`. The finished variables dict is
@@ -35,6 +36,17 @@ def augment(images, rng):
   return out
 
 
+def lr_schedule(pc, steps_per_epoch: int):
+  """Cosine from `pc.lr` to 0 over the run; or, with `pc.milestones` (epochs), TTT's and
+  MEMO's step schedule: `pc.lr`, times `pc.gamma` (0.1) at each milestone (their
+  ResNet-26 recipe: lr 0.1, milestones 50 and 65 of 75 epochs)."""
+  milestones = pc.get('milestones') or ()
+  if not milestones:
+    return optax.cosine_decay_schedule(pc.lr, pc.epochs * steps_per_epoch)
+  return optax.piecewise_constant_schedule(
+      pc.lr, {int(m) * steps_per_epoch: float(pc.get('gamma', 0.1)) for m in milestones})
+
+
 def _train_module(spec, model_state):
   """Pre-training trains every layer, so BatchNorm layers run in train mode (the
   spec's module keeps them in eval mode, as fine-tuning wants)."""
@@ -58,7 +70,7 @@ def pretrain_or_load(config, workdir, spec) -> dict:
   train = to_arrays(datasets.create(dataset_name, config).source('train'))
   images, labels = train['image'], train['label']
   steps_per_epoch = len(images) // pc.batch_size
-  schedule = optax.cosine_decay_schedule(pc.lr, pc.epochs * steps_per_epoch)
+  schedule = lr_schedule(pc, steps_per_epoch)
   tx = optax.chain(optax.add_decayed_weights(pc.weight_decay),
                    optax.sgd(schedule, momentum=pc.momentum))
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
@@ -77,7 +89,10 @@ def pretrain_or_load(config, workdir, spec) -> dict:
   state = surgery.replicate(mesh, state)
 
   print(f'source model: pre-training {spec.name} on {len(images)} {dataset_name} images for '
-        f'{pc.epochs} epochs (no init_checkpoint given)', flush=True)
+        f'{pc.epochs} epochs, SGD lr {pc.lr:g} '
+        + (f'x {pc.get("gamma", 0.1):g} at epochs {",".join(map(str, pc.milestones))}'
+           if pc.get('milestones') else '(cosine)')
+        + ' (no init_checkpoint given)', flush=True)
   for epoch in range(start, pc.epochs):
     rng = np.random.RandomState(pc.seed * 1000 + epoch)
     order = rng.permutation(len(images))

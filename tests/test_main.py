@@ -496,3 +496,18 @@ def test_an_interrupted_source_stage_says_where_its_checkpoint_is(tiny, monkeypa
   monkeypatch.setattr(pretrain, 'pretrain_or_load', stop)
   with pytest.raises(Interrupted, match='source_model_partial; run the same command'):
     finetune.source_variables(config, str(tmp / 'w'), models.create('resnet26', depth=8))
+
+
+def test_scratch_source_uses_ttts_step_schedule():
+  from configs import scratch_source
+  from experiments.pretrain import lr_schedule
+  pc = scratch_source.get_config().pretrain
+  assert (pc.lr, pc.momentum, pc.weight_decay, pc.batch_size, pc.epochs) == (0.1, 0.9, 5e-4, 128, 75)
+  f = lr_schedule(pc, 390)
+  # torch's MultiStepLR([50, 65], gamma=0.1), stepped once per epoch: epoch e (from 0)
+  # trains at 0.1, 0.01 from e = 50, 0.001 from e = 65.
+  for epoch, lr in ((0, 0.1), (49, 0.1), (50, 0.01), (64, 0.01), (65, 0.001), (74, 0.001)):
+    for step in (epoch * 390, epoch * 390 + 389):
+      assert float(f(step)) == pytest.approx(lr, rel=1e-6)
+  cosine = lr_schedule(cifar10c.get_config().pretrain, 390)
+  assert float(cosine(0)) == pytest.approx(0.1) and float(cosine(75 * 390)) == pytest.approx(0.0)
