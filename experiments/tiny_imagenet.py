@@ -2,10 +2,10 @@
 CPU trial of configs/living17.py and configs/entity30.py (README, "Try it on a CPU
 first").
 
-    python -m experiments.tiny_imagenet --dataset=living17 --out=/tmp/tiny/imagenet \\
+    python -m experiments.tiny_imagenet --dataset=living17 --tree=/tmp/tiny/imagenet \\
         --model_out=/tmp/tiny/resnet50_w8 [--imagenet=/data/imagenet]
 
-`--out` gets train/<wnid>/*.JPEG and val/<wnid>/*.JPEG for every class the dataset uses
+`--tree` gets train/<wnid>/*.JPEG and val/<wnid>/*.JPEG for every class the dataset uses
 (Living-17: 68), `--train_per_class` and `--val_per_class` images each. With
 `--imagenet` (an ILSVRC-2012 tree in the same layout) they are symbolic links to the
 first images of each class there; without it they are generated, each superclass in its
@@ -26,7 +26,7 @@ from surgery.data import breeds
 from surgery.errors import SurgeryError
 
 _DATASET = flags.DEFINE_enum('dataset', 'living17', ['living17', 'entity30'], 'BREEDS dataset.')
-_OUT = flags.DEFINE_string('out', None, 'Folder for the tree (must not exist).')
+_OUT = flags.DEFINE_string('tree', None, 'Folder for the tree (must not exist).')
 _IMAGENET = flags.DEFINE_string('imagenet', '', 'An ILSVRC-2012 tree to link images from.')
 _TRAIN = flags.DEFINE_integer('train_per_class', 40, 'Train images per class.')
 _VAL = flags.DEFINE_integer('val_per_class', 10, 'Val images per class.')
@@ -34,7 +34,7 @@ _INFO = flags.DEFINE_string('breeds_info_dir', '', 'BREEDS hierarchy files.')
 _MODEL_OUT = flags.DEFINE_string('model_out', '', 'Folder for a random-init ResNet-50.')
 _WIDTH = flags.DEFINE_integer('width', 8, "The model's base width (ImageNet's: 64).")
 _STAGES = flags.DEFINE_list('stage_sizes', ['1', '1', '1', '1'], 'Blocks per stage.')
-flags.mark_flag_as_required('out')
+flags.mark_flag_as_required('tree')
 
 
 def classes(dataset: str, info_dir: str) -> list:
@@ -58,7 +58,7 @@ def write_tree(out: str, wnids: list, per_split: dict, imagenet: str = '') -> in
   """The tree; returns the number of images. Nothing is written if `out` exists or a
   class of `imagenet` has too few images."""
   if os.path.exists(out):
-    raise SurgeryError(f'--out {out} exists; give a new folder')
+    raise SurgeryError(f'--tree {out} exists; give a new folder')
   picks = {}
   for split, n in per_split.items():
     for wnid, _ in wnids:

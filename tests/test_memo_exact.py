@@ -97,3 +97,31 @@ def test_unbalanced_tuning_and_held_out_streams_cover_the_1017_images():
     runner.stream_subset(labels, 880, 0, 10)  # 88 of the 87 dogs
   with pytest.raises(SurgeryError, match='exact or jpeg'):
     memo_exact.get_config('png')
+
+
+def test_side_by_side_gain_has_the_paired_standard_error(tmp_path):
+  import json
+  from experiments import memo_compare
+  from experiments import results as results_lib
+  none = [1, 0, 0, 1, 0, 1, 0, 0]
+  first = [1, 1, 0, 1, 1, 1, 0, 1]  # gains 3 images, loses none
+  for name, mine in (('a', first), ('b', none)):
+    w = tmp_path / name
+    (w / 'streams').mkdir(parents=True)
+    for method, correct in (('no_adaptation', none), ('online/first_layer', mine)):
+      stem = f'gaussian_noise_{method}'.replace('/', '_')
+      (w / 'streams' / f'{stem}.json').write_text(json.dumps(correct))
+      (w / 'streams' / f'{stem}.predictions.json').write_text(json.dumps([6] * 6 + [1, 2]))
+    table = results_lib.ResultsCsv(str(w / 'results.csv'))
+    table.add_many([dict(shift='gaussian_noise', method=m, lr=lr, hparam=h, seed=0,
+                         val_acc='', test_acc=sum(c) / 8)
+                    for m, lr, h, c in (('no_adaptation', 0, '', none),
+                                        ('online/first_layer', 5e-3, 'steps=1 wd=0', mine))])
+  acc, gain, se, top = memo_compare.gain(str(tmp_path / 'a'), 'gaussian_noise',
+                                         'online/first_layer')
+  d = np.array(first) - np.array(none)
+  assert (acc, gain, top) == (75.0, 37.5, 75.0)
+  assert se == pytest.approx(100 * d.std(ddof=1) / np.sqrt(8))
+  text = memo_compare.report({'exact': str(tmp_path / 'a'), 'jpeg': str(tmp_path / 'b')})
+  assert ('| online/first_layer | 75.0: +37.5 ± 18.3 (top 75; lr 0.005 steps=1 wd=0) | '
+          '37.5: +0.0 ± 0.0 (top 75; lr 0.005 steps=1 wd=0) | +16.5 |') in text
