@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional
 import ml_collections
 
 from experiments.results import diff_fields, fingerprint
-from surgery.io import content_sha256
 from surgery import datasets, models
 from surgery.errors import SurgeryError
+from surgery.io import content_sha256
 from surgery.methods import registry
 from surgery.methods.auto_snr import VARIANTS as AUTO_SNR_VARIANTS
 from surgery.optim import BASE_OPTIMIZERS
@@ -31,7 +31,7 @@ NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'bre
                      'prefix_cache_gb')
 # Fields that name a file whose content, not its path, makes the result: they enter the
 # fingerprint as 'sha256:<hex>', so a run resumes (and committed rows are reused) after the
-# checkout, the data or the weights move.
+# checkout or the weights move.
 CONTENT_FIELDS = ('init_checkpoint',)
 SHA_PREFIX = 'sha256:'
 # (select_metric does change a run, since it picks the epoch: `make_plan` adds the
