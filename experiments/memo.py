@@ -506,7 +506,7 @@ def _save_stream(workdir, shift, method, seed, correct, predictions, folder='str
                            json.dumps([int(p) for p in predictions]))
 
 
-def _load_stream(workdir, shift, method, seed, what=''):
+def load_stream(workdir, shift, method, seed, what=''):
   """A stream's per-image correctness ('') or predicted classes ('.predictions')."""
   path = os.path.join(workdir, 'streams', f'{_stream_name(shift, method, seed)}{what}.json')
   if not os.path.exists(path):
@@ -522,7 +522,7 @@ def _collapse_markdown(workdir, methods, shifts, seed):
   for m in methods:
     cells = []
     for s in shifts:
-      preds = _load_stream(workdir, s, m, seed, '.predictions')
+      preds = load_stream(workdir, s, m, seed, '.predictions')
       cells.append('-' if preds is None or not len(preds) else
                    f'{100 * np.bincount(preds.astype(int)).max() / len(preds):.0f}')
     if any(c != '-' for c in cells):
@@ -636,7 +636,7 @@ def plot_online_stream(workdir, shifts, methods, seed=0):
   streams = {}
   for sh in shifts:
     for m in methods:
-      s = _load_stream(workdir, sh, m, seed)
+      s = load_stream(workdir, sh, m, seed)
       if s is not None:
         streams[sh, m] = s
   plotted, panels = _stream_panels(set(streams), shifts, methods)
