@@ -253,15 +253,3 @@ def source_variables(config, workdir, spec):
                       f'checkpoint is in {os.path.join(workdir, where)}; run the same command '
                       'to resume from it') from None
 
-
-def source_stage_report(workdir) -> list:
-  """summary.md lines for the source stage's accuracy, if the workdir ran one."""
-  from experiments import source_stage
-  phases = source_stage.read_report(workdir)
-  if not phases:
-    return []
-  lines = ['## Source stage', '', '| phase | trains | epochs | source val accuracy (%) |',
-           '|---|---|---|---|']
-  lines += [f'| {p["phase"]} | {p["trains"]} | {p["epochs"]} | {100 * p["source_val_acc"]:.1f} '
-            f'({p["source_val_images"]} images) |' for p in phases]
-  return lines + ['']

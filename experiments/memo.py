@@ -128,9 +128,7 @@ def make_plan(config) -> MemoPlan:
   if not methods:
     raise SurgeryError('modes, options: no run asked for (give a mode and an option, or '
                        'no_adaptation=True)')
-  # Streams are class-balanced unless `class_balanced` is False (absent from older
-  # configs, so their fingerprints stay as they were).
-  k = dataset.num_classes if config.get('class_balanced', True) else 1
+  k = dataset.num_classes if _class_balanced(config) else 1
   num_images = config.num_images
   if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < k or num_images % k:
     raise SurgeryError(f'num_images must be a positive multiple of {k} (the number of '
@@ -194,6 +192,11 @@ def _old_result_fields(config_path):
     old['model'] = {'name': 'resnet26', 'depth': old.pop('model_depth')}
   old.setdefault('dataset', 'cifar10')
   return memo_result_fields(ml_collections.ConfigDict(old))
+
+
+def _class_balanced(config) -> bool:
+  # Absent from configs older than it, whose fingerprints therefore stay as they were.
+  return config.get('class_balanced', True)
 
 
 def stream_subset(labels, n, seed, num_classes, balanced=True):
@@ -266,7 +269,7 @@ def train_and_evaluate(config, workdir):
       tune_set = (target['image'][tune_idx], target['label'][tune_idx])
     else:
       order = stream_subset(target['label'], config.num_images, config.seed, k,
-                            config.get('class_balanced', True))
+                            _class_balanced(config))
     x, y = target['image'][order], target['label'][order]
     tuned = {}  # method -> (setting, its tuning accuracy), tuned before its stream
 
@@ -334,8 +337,7 @@ def train_and_evaluate(config, workdir):
 def tuning_split(plan, labels, seed):
   """(tuning images, held-out stream): the runner's index arrays into a corruption's
   test set under a tuned plan, for `seed`."""
-  subset = functools.partial(stream_subset,
-                             balanced=plan.config.get('class_balanced', True))
+  subset = functools.partial(stream_subset, balanced=_class_balanced(plan.config))
   return memo_tuning.split_tune_stream(labels, plan.tuning[1], plan.config.num_images, seed,
                                        plan.dataset.num_classes, subset)
 
@@ -560,7 +562,7 @@ def write_outputs(workdir, rows, plan):
   text, _ = results_lib.markdown_summary(
       rows, shown, shifts, title, protocol=protocol, show_lrs=bool(plan.tuning),
       notes=(f'{config.num_images} test images per shift, adapted in one seeded'
-             + (', class-balanced' if config.get('class_balanced', True) else '')
+             + (', class-balanced' if _class_balanced(config) else '')
              + f' stream; {config.num_copies} augmented copies'
              + ('' if plan.tuning else f', {config.steps} step(s)') + '. Episodic resets to '
              'the source model after every image; online keeps the updates. ' + notes

@@ -332,6 +332,18 @@ def read_report(workdir) -> list:
     return json.load(f).get('phases', [])
 
 
+def summary_lines(workdir) -> list:
+  """summary.md's "Source stage" section, if the workdir ran one."""
+  phases_done = read_report(workdir)
+  if not phases_done:
+    return []
+  lines = ['## Source stage', '', '| phase | trains | epochs | source val accuracy (%) |',
+           '|---|---|---|---|']
+  lines += [f'| {p["phase"]} | {p["trains"]} | {p["epochs"]} | {100 * p["source_val_acc"]:.1f} '
+            f'({p["source_val_images"]} images) |' for p in phases_done]
+  return lines + ['']
+
+
 def _describe(sc, phase: Phase) -> str:
   if sc.kind == 'lp_ft':
     return f'Adam lr {float(sc[phase.name + "_lr"]):g}'

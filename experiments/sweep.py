@@ -180,7 +180,8 @@ def write_outputs(workdir, rows, plan):
   if candidates:
     notes.append(f'{", ".join(candidates)}: not requested; run and shown because cross_val '
                  'picks among them.')
-  extra = finetune.source_stage_report(workdir)
+  from experiments import source_stage  # lazily, as plan and finetune import it
+  extra = source_stage.summary_lines(workdir)
   text, table = results_lib.markdown_summary(rows, shown, shifts, title, metric=metric,
                                              also=getattr(plan.dataset, 'metrics', ()),
                                              notes='\n\n'.join(notes))

@@ -158,7 +158,6 @@ def test_source_validation_accuracy_is_the_models_accuracy_on_the_val_split(tmp_
 
 
 def test_every_phase_reports_its_source_val_accuracy_and_the_summary_shows_it(tmp_path, capsys):
-  from experiments import finetune
   config = _config(tmp_path)
   config.source_stage = ml_collections.ConfigDict(dict(
       kind='lp_ft', head_epochs=1, all_epochs=1, head_lr=1e-2, all_lr=1e-3, batch_size=8,
@@ -170,10 +169,10 @@ def test_every_phase_reports_its_source_val_accuracy_and_the_summary_shows_it(tm
   for p in phases:
     assert 0.0 <= p['source_val_acc'] <= 1.0 and p['source_val_images'] == 20
     assert f'source stage ({p["phase"]}) done: source val acc {p["source_val_acc"]:.4f}' in out
-  lines = finetune.source_stage_report(str(tmp_path / 'lpft'))
+  lines = source_stage.summary_lines(str(tmp_path / 'lpft'))
   assert lines[0] == '## Source stage'
   assert f'| head | last | 1 | {100 * phases[0]["source_val_acc"]:.1f} (20 images) |' in lines
   # A later run loads the model and says how good it was.
   _train(config, tmp_path / 'lpft')
   assert 'source val acc after head' in capsys.readouterr().out
-  assert finetune.source_stage_report(str(tmp_path / 'nothing_here')) == []
+  assert source_stage.summary_lines(str(tmp_path / 'nothing_here')) == []
