@@ -17,8 +17,8 @@ import surgery
 from surgery.datasets import compute_metrics
 from surgery.errors import Interrupted, SurgeryError
 from surgery.groups import assign_groups, group_names, path_str, trainable_mask
-from surgery.methods.auto_snr import set_snr_weights, snr_weights
-from surgery.methods.registry import Context
+from surgery.methods import registry
+from surgery.methods.registry import Context, EpochContext
 from surgery.models.batchnorm import tuned_norm_layers
 
 
@@ -78,22 +78,6 @@ class Finetuner:
       self._steps[key] = surgery.make_train_step(module, tx, mesh=self.mesh)
     return self._steps[key]
 
-  def _snr_refresh(self, state, x, y, threshold):
-    """Auto-SNR: this epoch's frozen set from gradients on one measuring batch."""
-    sc = self.config.auto_snr
-    weights = snr_weights(
-        self._example_loss, state.params, (x, y.astype(np.int32)), threshold,
-        variant=sc.variant, chunk_size=sc.chunk_size,
-        exclude=surgery.is_norm_tensor if sc.exclude_norm else None)
-    return state._replace(opt_state=surgery.replicate(
-        self.mesh, set_snr_weights(state.opt_state, weights)))
-
-  def _example_loss(self, params, example):
-    x, y = example
-    logits = surgery.train.forward(self.spec.module, params, self._snr_model_state,
-                                   surgery.train.to_float_images(x[None]), train=False)[0]
-    return surgery.train.cross_entropy(logits, y[None])
-
   # -- frozen-prefix reuse ----------------------------------------------------------
   def _cut(self, mask, method) -> int:
     """The group boundary up to which everything is frozen (0: none), where the model
@@ -147,14 +131,15 @@ class Finetuner:
     return compute_metrics(preds, labels, groups, domains, self.domain_names)
 
   def run(self, params, model_state, method, lr, seed, tune, val, test, desc='', hparam=None):
-    """Returns (row fields, per-epoch history, Auto-RGN weights per epoch or None)."""
+    """Returns (row fields, per-epoch history, the method's `epoch_record` per epoch)."""
     cfg = self.config
     x_tune, y_tune = tune[0], tune[1]
     n, bs = len(x_tune), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
     mask = trainable_mask(params, self.spec.groups, method.groups)
+    settings = registry.settings(method, cfg) if method.section else None
     ctx = Context(steps_per_epoch, assign_groups(params, self.spec.groups), self.spec.groups,
-                  cfg.get(method.section) if method.section else None, hparam)
+                  settings, hparam)
     tx = make_optimizer(cfg, method, lr, mask, ctx)
     module, bn_train = self._module(mask, model_state)
     cut = self._cut(mask, method)
@@ -168,17 +153,17 @@ class Finetuner:
     extra_loss = method.extra_loss(params, hparam) if method.extra_loss else None
     step = self._step((method.name, steps_per_epoch, cut, module.bn_train_layers
                        if hasattr(module, 'bn_train_layers') else None), module, tx, extra_loss)
-    self._snr_model_state = model_state
+    epoch_ctx = EpochContext(self.spec.module, model_state, self.mesh, settings, hparam,
+                             (x_tune, y_tune))
     state = surgery.replicate(self.mesh, surgery.init_train_state(params, tx, model_state))
     names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     rng = np.random.RandomState(seed)
     best_val, best_epoch, best, best_metrics = -math.inf, 0, None, None
-    history, rgn_weights = [], []
+    history, records = [], []
     for epoch in tqdm(range(1, cfg.epochs + 1), desc=desc, leave=False, unit='ep'):
       order = rng.permutation(n)
-      if method.before_epoch == 'auto_snr':
-        first = order[:cfg.auto_snr.batch_size]
-        state = self._snr_refresh(state, x_tune[first], y_tune[first], hparam)
+      if method.before_epoch is not None:
+        state = method.before_epoch(epoch_ctx, state, order)
       step_metrics = []
       for b in range(steps_per_epoch):
         idx = order[b * bs:(b + 1) * bs]
@@ -199,16 +184,15 @@ class Finetuner:
                       'train_loss_mean': float(np.mean(losses)),
                       'train_acc_mean': float(np.mean(accs)),
                       **{f'val_{k}': v for k, v in val_metrics.items()}})
-      rgn = _rgn_state(state.opt_state)
-      if rgn is not None:  # any method built on Auto-RGN: its weights for Fig. 6
-        rgn_weights.append(jax.device_get(rgn.weights))
+      if method.epoch_record is not None:  # e.g. Auto-RGN's weights, for Fig. 6
+        records.append(method.epoch_record(state.opt_state))
       if val_metrics[self.metric] > best_val:
         best_val, best_epoch, best_metrics = val_metrics[self.metric], epoch, val_metrics
         best = jax.device_get((state.params, state.model_state))
     test_metrics = self.metrics(best[0], best[1], test, predict)
     fields = dict(best_epoch=best_epoch, **{f'val_{k}': v for k, v in best_metrics.items()},
                   **{f'test_{k}': v for k, v in test_metrics.items()})
-    return fields, history, (rgn_weights or None)
+    return fields, history, [r for r in records if r is not None]
 
 
 def first_tuned_group(mask, groups) -> int:
@@ -227,12 +211,6 @@ def _check_finite(step_metrics, names, first_step):
     i, leaf = np.argwhere(flags)[0]
     raise NonFiniteError(f'non-finite update or loss at step {first_step + i + 1} in tensor '
                          f'{names[leaf]}; lower the learning rate or check the data')
-
-
-def _rgn_state(opt_state):
-  """The AutoRGNState inside an optimizer state, or None."""
-  is_rgn = lambda s: isinstance(s, surgery.AutoRGNState)  # noqa: E731
-  return next((s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_rgn) if is_rgn(s)), None)
 
 
 def source_variables(config, workdir, spec):

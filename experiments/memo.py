@@ -27,7 +27,8 @@ from surgery.errors import SurgeryError
 from surgery.memo import adapt
 from surgery.optim import BASE_OPTIMIZERS
 from experiments import memo_tuning, paper_tables
-from experiments import results as results_lib
+from surgery.report import store, summary
+from surgery.report.fingerprint import fingerprint
 from experiments.plan import as_list, check_resume, config_record, model_spec, result_fields
 
 # Run axes: they choose which rows exist (each row's key holds its shift, method and
@@ -151,7 +152,7 @@ def make_plan(config) -> MemoPlan:
     raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
   fields = memo_result_fields(config)
   return MemoPlan(config, spec, dataset, shifts, modes, options, methods, tuning, group_map,
-                  fields, results_lib.fingerprint(fields))
+                  fields, fingerprint(fields))
 
 
 def _tuning_plan(config, modes, num_classes):
@@ -237,7 +238,7 @@ def train_and_evaluate(config, workdir):
   shifts, methods = plan.shifts, plan.methods
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
-  table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'))
+  table = store.ResultsCsv(os.path.join(workdir, 'results.csv'))
   todo = [(s, m) for s in shifts for m in methods if not _done(table, s, m, config.seed)]
   if config.get('report_only'):
     print(f'report only: {len(shifts) * len(methods) - len(todo)} of '
@@ -253,7 +254,7 @@ def train_and_evaluate(config, workdir):
         f'{"tuned" if tuning else config.steps} step(s). Model {plan.spec.name}.', flush=True)
   # Loaded before config.json is written, so an unusable checkpoint changes nothing.
   variables = plan.spec.load(config.init_checkpoint) if todo else None
-  results_lib.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
+  store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
   if not todo:
     print(write_outputs(workdir, table.rows, plan))
     return table.rows
@@ -357,7 +358,7 @@ class _Runner:
     self.model_state = {k: v for k, v in variables.items() if k != 'params'}
     self.model = plan.spec.module
     self.predict = surgery.make_predict(self.model)
-    self.tuning_table = results_lib.ResultsCsv(os.path.join(workdir, 'tuning.csv'))
+    self.tuning_table = store.ResultsCsv(os.path.join(workdir, 'tuning.csv'))
     self._compiled = {}
 
   def _optimizer(self, mode, option, setting):
@@ -397,7 +398,7 @@ class _Runner:
 
     def saved(setting):
       for r in self.tuning_table.rows:
-        if (results_lib.row_key(r) == results_lib.run_key(shift, method, setting.lr, seed,
+        if (store.row_key(r) == store.run_key(shift, method, setting.lr, seed,
                                                            setting.hparam)
             and r.get('fingerprint') == fp):
           return float(r['test_acc'])
@@ -503,8 +504,8 @@ def _save_stream(workdir, shift, method, seed, correct, predictions, folder='str
   """<folder>/<stream name>.json: per-image correctness in stream order (what the plot
   reads); .predictions.json beside it: the predicted classes."""
   path = os.path.join(workdir, folder, _stream_name(shift, method, seed))
-  results_lib.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
-  results_lib.atomic_write(path + '.predictions.json',
+  store.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
+  store.atomic_write(path + '.predictions.json',
                            json.dumps([int(p) for p in predictions]))
 
 
@@ -559,7 +560,7 @@ def write_outputs(workdir, rows, plan):
         f'{mode}: ' + ', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
                                 for k, v in {**adapt.DEFAULTS[mode], **_mode_kwargs(config, mode)}.items())
         for mode in adapt.MODES) + '.'
-  text, _ = results_lib.markdown_summary(
+  text, _ = summary.markdown_summary(
       rows, shown, shifts, title, protocol=protocol, show_lrs=bool(plan.tuning),
       notes=(f'{config.num_images} test images per shift, adapted in one seeded'
              + (', class-balanced' if _class_balanced(config) else '')
@@ -569,7 +570,7 @@ def write_outputs(workdir, rows, plan):
              + '\n\n' + _paper_markdown(rows, shown, shifts, config)
              + _collapse_markdown(workdir, shown, shifts, config.seed)
              + _speed_markdown(rows, shown)))
-  results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
+  store.atomic_write(os.path.join(workdir, 'summary.md'), text)
   plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')
                                        or m == 'no_adaptation'], config.seed)
   return text
@@ -664,6 +665,6 @@ def plot_online_stream(workdir, shifts, methods, seed=0):
   axes.flat[0].legend(fontsize=8)
   fig.suptitle('MEMO online: running accuracy along the stream')
   fig.tight_layout()
-  results_lib.atomic_write(os.path.join(workdir, 'online_accuracy.png'),
+  store.atomic_write(os.path.join(workdir, 'online_accuracy.png'),
                            lambda f: fig.savefig(f, format='png', dpi=100), mode='wb')
   plt.close(fig)

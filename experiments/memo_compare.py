@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import paper_tables
-from experiments import results as results_lib
+from surgery.report import store
 from experiments.memo import load_stream
 from surgery.errors import SurgeryError
 
@@ -42,7 +42,7 @@ def gain(workdir, shift, method):
 
 
 def _settings(workdir):
-  rows = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'), write=False).rows
+  rows = store.ResultsCsv(os.path.join(workdir, 'results.csv'), write=False).rows
   shifts = list(dict.fromkeys(r['shift'] for r in rows))
   methods = list(dict.fromkeys(r['method'] for r in rows))
   chosen = {(r['shift'], r['method']): f'lr {float(r["lr"]):g} {r["hparam"]}'.strip()
@@ -97,7 +97,7 @@ def main(argv):
       named[name] = workdir
     if not named:
       raise SurgeryError('give at least one name=workdir')
-    results_lib.atomic_write(_OUT.value, report(named))
+    store.atomic_write(_OUT.value, report(named))
   except SurgeryError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 
-from experiments.results import ResultsCsv, row_key
+from surgery.report.store import ResultsCsv, row_key
 
 TABLES = ('results.csv', 'tuning.csv')  # tuning.csv: MEMO's tuning streams
 FOLDERS = ('auto_rgn', 'streams', 'tuning')

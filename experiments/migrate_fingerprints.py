@@ -27,7 +27,8 @@ import sys
 import ml_collections
 from absl import app, flags
 
-from experiments import results as results_lib
+from surgery.report import store
+from surgery.report.fingerprint import fingerprint
 from experiments.plan import SHA_PREFIX, content_id, record_text, result_fields
 from surgery.errors import SurgeryError
 
@@ -61,7 +62,7 @@ def _fingerprints_in(folder: str) -> set:
   for name in ('results.csv', 'tuning.csv'):
     path = os.path.join(folder, name)
     if os.path.exists(path):
-      found |= results_lib.ResultsCsv(path, write=False).fingerprints()
+      found |= store.ResultsCsv(path, write=False).fingerprints()
   return found
 
 
@@ -88,8 +89,8 @@ def migrate(folder: str, checkpoint: str, sha: str, dry_run: bool) -> str:
     return f'{folder}: skipped, it used {os.path.basename(path)}, not {os.path.basename(checkpoint)}'
   new_record = dict(record, init_checkpoint=SHA_PREFIX + sha)
   new_fields = _fields(new_record)
-  old_fp = results_lib.fingerprint(dict(new_fields, init_checkpoint=path))
-  new_fp = results_lib.fingerprint(new_fields)
+  old_fp = fingerprint(dict(new_fields, init_checkpoint=path))
+  new_fp = fingerprint(new_fields)
   held = _fingerprints_in(folder)
   if held - {old_fp}:
     raise SurgeryError(f'{folder}: rows carry fingerprint(s) {sorted(held - {old_fp})}, not '
@@ -109,8 +110,8 @@ def migrate(folder: str, checkpoint: str, sha: str, dry_run: bool) -> str:
   text = record_text(record, {'init_checkpoint': SHA_PREFIX + sha})
   if not dry_run:
     for name, data, _ in changed:
-      results_lib.atomic_write(name, data, mode='wb')
-    results_lib.atomic_write(config_path, text)
+      store.atomic_write(name, data, mode='wb')
+    store.atomic_write(config_path, text)
   replaced = ', '.join(f'{os.path.relpath(n, folder)} ({k})' for n, _, k in changed)
   return (f'{folder}: fingerprint {old_fp} -> {new_fp}' if held else
           f'{folder}: rows carry no fingerprint') + (

@@ -13,22 +13,25 @@ from typing import Any, Callable, Optional
 
 import ml_collections
 
-from experiments.results import diff_fields, fingerprint
 from surgery import datasets, models
 from surgery.errors import SurgeryError
 from surgery.io import content_sha256
 from surgery.methods import registry
-from surgery.methods.auto_snr import VARIANTS as AUTO_SNR_VARIANTS
 from surgery.optim import BASE_OPTIMIZERS
+from surgery.report.fingerprint import diff_fields, fingerprint
 
 # Fields that never change a run's result: where things are written or read from,
 # what is reported, how evaluation is batched. The run axes (shifts, methods, seeds,
-# lr and hparam grids) are in every row's key instead.
+# lr and hparam grids) are in every row's key instead; each method's swept grid is
+# added from its declaration (`registry.grid_fields`).
 NOT_RESULT_FIELDS = ('title', 'report_only', 'eval_batch_size', 'data_dir', 'breeds_info_dir',
                      'init_checkpoint_file', 'corruptions',
-                     'tune_sizes', 'methods', 'seeds', 'lrs', 'last_lrs', 'l1_sp.lambdas',
-                     'auto_snr.thresholds', 'select_metric', 'reuse_frozen_prefix',
-                     'prefix_cache_gb')
+                     'tune_sizes', 'methods', 'seeds', 'lrs', 'last_lrs',
+                     'select_metric', 'reuse_frozen_prefix', 'prefix_cache_gb')
+# Fields added to the runner after results were committed, with the value that
+# reproduces what ran before them: a config.json without one reads as that value, so
+# its folder still resumes. Methods declare their own (`Method.added_later`).
+ADDED_LATER = {'dataset': 'cifar10', 'model.name': 'resnet26', 'model.bn_mode': 'eval'}
 # Fields that name a file whose content, not its path, makes the result: they enter the
 # fingerprint as 'sha256:<hex>', so a run resumes (and committed rows are reused) after the
 # checkout or the weights move.
@@ -149,8 +152,10 @@ def result_fields(config) -> dict:
       name = f'{prefix}{k}'
       if isinstance(v, dict):
         walk(name + '.', v)
-      elif name not in NOT_RESULT_FIELDS:
+      elif name not in skip:
         flat[name] = v
+
+  skip = set(NOT_RESULT_FIELDS) | set(registry.grid_fields())
 
   fields = json.loads(config.to_json())
   if isinstance(fields.get('model'), dict):
@@ -175,13 +180,7 @@ def _check_training_fields(config):
   if not float(config.weight_decay) >= 0:
     raise SurgeryError(f'weight_decay must be >= 0, got {config.weight_decay!r}')
   _one_of(config.model.get('bn_mode', 'eval'), 'model.bn_mode', ('eval', 'train'))
-  rc = config.auto_rgn
-  _one_of(rc.refresh, 'auto_rgn.refresh', ('epoch', 'step'))
-  _int_at_least(config, 'auto_rgn.window', 1)
-  sc = config.auto_snr
-  _one_of(sc.variant, 'auto_snr.variant', AUTO_SNR_VARIANTS)
-  _int_at_least(config, 'auto_snr.batch_size', 1)
-  _int_at_least(config, 'auto_snr.chunk_size', 1)
+  registry.check_config(config)
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     raise SurgeryError(f'init_checkpoint: {config.init_checkpoint} does not exist')
   if config.get('source_stage'):
@@ -244,10 +243,11 @@ def make_plan(config) -> Plan:
       raise SurgeryError(f'{field} must be positive numbers, got {config[field]!r}')
 
   need = set(methods)
-  if 'cross_val' in need:
-    need |= set(registry.selection_candidates(model))
-  run_methods = [m for m in valid if m in need and registry.resolve(m, model).trains
-                 or m in need and m == 'no_adaptation']
+  for m in methods:  # a selection method's candidates run, requested or not
+    method = registry.resolve(m, model)
+    if method.select is not None:
+      need |= set(method.candidates(model))
+  run_methods = [m for m in valid if m in need and registry.resolve(m, model).select is None]
   runs = []
   for shift in shifts:
     for seed in seeds:
@@ -267,17 +267,27 @@ def make_plan(config) -> Plan:
 def _hparam_grid(config, method) -> list:
   if not method.hparam:
     return ['']
-  field = f'{method.section}.{method.grid_field}'
-  values = as_list(config[method.section][method.grid_field], field, float)
+  field = method.grid_path
+  values = as_list(registry.settings(method, config)[method.grid_field], field, float)
   if not values or min(values) < 0:
     raise SurgeryError(f'{field} must be numbers >= 0, got {values!r}')
   return [f'{method.hparam}={v:g}' for v in values]
 
 
 def read_result_fields(config_path: str) -> dict:
-  """The result fields of a workdir's config.json, by `result_fields`' rules."""
+  """The result fields of a workdir's config.json, by `result_fields`' rules; a field
+  added later (`added_later`) that it lacks reads as the value that ran before it."""
   with open(config_path) as f:
-    return result_fields(ml_collections.ConfigDict(json.load(f)))
+    fields = result_fields(ml_collections.ConfigDict(json.load(f)))
+  return {**added_later(), **fields}
+
+
+def added_later() -> dict:
+  """{field: value before it existed} of the runner's and every method's later fields."""
+  out = dict(ADDED_LATER)
+  for m in registry.all_methods().values():
+    out.update({f'{m.section}.{k}': v for k, v in m.added_later.items()})
+  return out
 
 
 def check_resume(workdir: str, table, fingerprint_now: str, fields_now: dict,

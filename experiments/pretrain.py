@@ -19,7 +19,7 @@ import surgery
 from surgery import datasets, distributed
 from surgery.checkpoints import load_orbax_params, save_params
 from surgery.data.sources import to_arrays
-from experiments.results import atomic_write
+from surgery.io import atomic_write
 
 
 def augment(images, rng):

@@ -3,9 +3,7 @@
 Works for any registered model, dataset and method (`surgery.models`,
 `surgery.datasets`, `surgery.methods.registry`); it names none of them.
 """
-import json
 import os
-import re
 import time
 
 import jax
@@ -14,11 +12,9 @@ from tqdm import tqdm
 import surgery
 from surgery import distributed
 from surgery.errors import SurgeryError
-from surgery.groups import path_str
 from surgery.methods import registry
-from experiments import figures
+from surgery.report import figures, store, summary
 from experiments import finetune
-from experiments import results as results_lib
 from experiments.plan import check_resume, config_record, make_plan
 
 
@@ -27,7 +23,7 @@ def train_and_evaluate(config, workdir):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   primary = distributed.is_primary()  # the one process that writes files
-  table = results_lib.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
+  table = store.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
   if config.get('report_only'):
     todo = [r for r in plan.runs if not table.has(r.shift, r.method, r.lr, r.seed, r.hparam)]
     print(f'report only: {len(plan.runs) - len(todo)} of {len(plan.runs)} planned runs in results.csv')
@@ -54,7 +50,7 @@ def train_and_evaluate(config, workdir):
   # the model is the user's error, and a user error leaves nothing behind.
   variables = finetune.source_variables(config, workdir, plan.model)
   if primary:
-    results_lib.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
+    store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
@@ -101,7 +97,7 @@ def _warn_mixed_layouts(table, layout, adding):
 
 
 def _candidates(plan) -> list:
-  """Methods that run only because Cross-Val picks among them (not requested)."""
+  """Methods that run only because a selection method picks among them (not requested)."""
   ran = {r.method for r in plan.runs}
   order = {m: i for i, m in enumerate(registry.names(plan.model))}
   return sorted(ran - set(plan.methods), key=lambda m: order.get(m, len(order)))
@@ -112,8 +108,13 @@ def _candidates_text(plan) -> str:
   if not extra:
     return ''
   runs = sum(r.method in extra for r in plan.runs)
-  return (f', including {runs} run(s) of {", ".join(extra)}, which cross_val picks among '
-          'but were not requested')
+  return (f', including {runs} run(s) of {", ".join(extra)}, which {", ".join(_selectors(plan))} '
+          'picks among but were not requested')
+
+
+def _selectors(plan) -> list:
+  """The requested methods that are a choice among other runs."""
+  return [m for m in plan.methods if plan.method(m).select is not None]
 
 
 def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True):
@@ -127,17 +128,17 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
                   **{f'val_{k}': v for k, v in runner.metrics(params, model_state, val).items()},
                   **{f'test_{k}': v for k, v in runner.metrics(params, model_state, test).items()})
   else:
-    fields, history, rgn = runner.run(params, model_state, method, run.lr, run.seed, tune, val,
-                                      test, desc=f'{run.method} lr={run.lr:g} {run.hparam}',
-                                      hparam=run.hparam_value)
-    if rgn is not None and primary:
-      _save_rgn_weights(workdir, run.shift, run.lr, run.seed, rgn)
+    fields, history, records = runner.run(params, model_state, method, run.lr, run.seed, tune,
+                                          val, test, desc=f'{run.method} lr={run.lr:g} {run.hparam}',
+                                          hparam=run.hparam_value)
+    if records and method.save_records is not None and primary:
+      method.save_records(workdir, run, records)
   row = dict(shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
              n_tune=len(tune[1]), n_val=len(val[1]), n_test=len(test[1]),
              seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint,
              extra=f'layout={device_layout()}', **fields)
   if primary:
-    results_lib.append_jsonl(os.path.join(workdir, 'metrics.jsonl'), dict(
+    store.append_jsonl(os.path.join(workdir, 'metrics.jsonl'), dict(
         shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
         fingerprint=plan.fingerprint, epochs=history))
   return row
@@ -150,43 +151,34 @@ def _selection_metric_text(plan, row):
   return f' val_{m}={row[f"val_{m}"]:.4f} test_{m}={row[f"test_{m}"]:.4f}'
 
 
-def _save_rgn_weights(workdir, shift, lr, seed, per_epoch):
-  """Auto-RGN weights per tensor per epoch, for the paper's Figure 6."""
-  names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(per_epoch[0])]
-  data = {'tensors': names,
-          'weights': [[float(w) for w in jax.tree_util.tree_leaves(e)] for e in per_epoch]}
-  path = os.path.join(workdir, 'auto_rgn', f'{shift}_lr{lr:g}_seed{seed}.json')
-  results_lib.atomic_write(path, json.dumps(data))
-
-
 def write_outputs(workdir, rows, plan):
   config, metric = plan.config, plan.select_metric
   methods, shifts = plan.methods, plan.shifts
   rows = list(rows)
-  if 'cross_val' in methods:
-    rows += results_lib.cross_val_rows(
-        rows, registry.selection_candidates(plan.model), metric=metric,
-        planned=[results_lib.run_key(r.shift, r.method, r.lr, r.seed, r.hparam)
-                 for r in plan.runs])
-  candidates = _candidates(plan) if 'cross_val' in methods else []
+  planned = [store.run_key(r.shift, r.method, r.lr, r.seed, r.hparam) for r in plan.runs]
+  for name in _selectors(plan):
+    method = plan.method(name)
+    rows += method.select(rows, method.candidates(plan.model), name=name, metric=metric,
+                          planned=planned)
+  candidates = _candidates(plan)
   shown = [m for m in methods + candidates if any(r['method'] == m for r in rows)]
   title = config.get('title') or f'{plan.model.name} fine-tuning'
-  have = {results_lib.row_key(r) for r in rows}
-  done = sum(results_lib.run_key(r.shift, r.method, r.lr, r.seed, r.hparam) in have
+  have = {store.row_key(r) for r in rows}
+  done = sum(store.run_key(r.shift, r.method, r.lr, r.seed, r.hparam) in have
              for r in plan.runs)
   if done < len(plan.runs):  # the title says so, and so does the figure's
     title += f' (partial: {done} of {len(plan.runs)} runs)'
   notes = []
   if candidates:
-    notes.append(f'{", ".join(candidates)}: not requested; run and shown because cross_val '
-                 'picks among them.')
+    notes.append(f'{", ".join(candidates)}: not requested; run and shown because '
+                 f'{", ".join(_selectors(plan))} picks among them.')
   from experiments import source_stage  # lazily, as plan and finetune import it
   extra = source_stage.summary_lines(workdir)
-  text, table = results_lib.markdown_summary(rows, shown, shifts, title, metric=metric,
+  text, table = summary.markdown_summary(rows, shown, shifts, title, metric=metric,
                                              also=getattr(plan.dataset, 'metrics', ()),
                                              notes='\n\n'.join(notes))
   if shown:
-    results_lib.plot_accuracy_by_method(table, shown, shifts,
+    summary.plot_accuracy_by_method(table, shown, shifts,
                                         os.path.join(workdir, 'accuracy_by_method.png'), title)
     means = figures.data_efficiency(table, shown, shifts,
                                     os.path.join(workdir, 'data_efficiency.png'))
@@ -197,32 +189,12 @@ def write_outputs(workdir, rows, plan):
     report = getattr(plan.dataset, 'report', None)  # a dataset's own figures (mCE)
     if report is not None and metric == 'acc':
       extra += report(table, shown, shifts)
-    panels = _plot_rgn(workdir, rows, shifts, plan.model.groups, metric)
-    if panels:
-      extra += ['## Auto-RGN weights accumulated over training (Fig. 6)', '',
-                'Per tensor in auto_rgn_weights.png; here the mean over each group\'s tensors '
-                '(norm tensors, which Auto-RGN leaves out, not counted), for the run '
-                'validation picked.', '', figures.rgn_group_means_markdown(panels, plan.model.groups), '']
+    ctx = registry.ReportContext(workdir, rows, shifts, plan.model.groups, metric)
+    for name in shown:  # each method's own section (Auto-RGN's Fig. 6)
+      method = plan.method(name)
+      if method.report is not None:
+        extra += method.report(ctx)
   text += ('\n' + '\n'.join(extra) if extra else '') + (
       '\nWritten by `python -m experiments.main`; its settings are in config.json beside it.\n')
-  results_lib.atomic_write(os.path.join(workdir, 'summary.md'), text)
+  store.atomic_write(os.path.join(workdir, 'summary.md'), text)
   return text
-
-
-def _plot_rgn(workdir, rows, shifts, groups, metric):
-  """Fig. 6 for the Auto-RGN run that validation picked on each shift (first seed)."""
-  chosen = results_lib.select_lr([r for r in rows if r['method'] == 'auto_rgn'], metric=metric)
-
-  def group_of(path):
-    return next((g for g, rx in groups if re.search(rx, path)), '?')
-
-  panels = []
-  for shift in shifts:
-    runs = chosen.get((shift, 'auto_rgn'))
-    if runs:
-      got = figures.rgn_weights(workdir, shift, runs[0]['lr'], runs[0]['seed'], group_of)
-      if got:
-        panels.append((f'{shift} (lr {runs[0]["lr"]})',) + got)
-  if panels:
-    figures.plot_rgn_weights(panels, os.path.join(workdir, 'auto_rgn_weights.png'), groups)
-  return panels

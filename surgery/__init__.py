@@ -5,7 +5,7 @@
     tx = surgery.surgical(surgery.base_optimizer('adam', 1e-3, 1e-4), mask)
     step = surgery.make_train_step(spec.module, tx)
 """
-from surgery.auto_rgn import AutoRGNState, auto_rgn, is_norm_tensor, relative_grad_norms
+from surgery.methods.auto_rgn import AutoRGNState, auto_rgn, is_norm_tensor, relative_grad_norms
 from surgery.errors import CheckpointError, GroupSpecError, SurgeryError
 from surgery.groups import assign_groups, group_names, group_sizes, parse_spec, trainable_mask
 from surgery.optim import apply_updates, base_optimizer, count_params, state_bytes, surgical

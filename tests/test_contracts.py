@@ -57,11 +57,11 @@ def test_method_registry_resolves_model_methods_and_lists_valid_names():
   assert all(m in names for m in spec.methods)
   surgical = registry.resolve(next(iter(m for m in spec.methods if m != 'all')), spec)
   assert surgical.trains and surgical.wrap is None
-  assert registry.resolve('cross_val', spec).selection and not registry.resolve('cross_val', spec).trains
+  assert registry.resolve('cross_val', spec).select is not None and not registry.resolve('cross_val', spec).trains
   assert registry.resolve('no_adaptation', spec).evaluate_only
   # Cross-Val chooses among the surgical options only, never `all`.
-  assert 'all' not in registry.selection_candidates(spec)
-  assert set(registry.selection_candidates(spec)) == {m for m, g in spec.methods.items() if g != 'all'}
+  assert 'all' not in registry.surgical_options(spec)
+  assert set(registry.surgical_options(spec)) == {m for m, g in spec.methods.items() if g != 'all'}
   with pytest.raises(SurgeryError, match="unknown method 'block9' .*valid: no_adaptation, all"):
     registry.resolve('block9', spec)
 

@@ -9,10 +9,13 @@ import subprocess
 import sys
 
 import ml_collections
+import pytest
 
 from configs import cifar10c
-from experiments import results as results_lib
+from surgery.report import store
+from surgery.report.fingerprint import fingerprint
 from experiments.plan import check_resume, config_record, read_result_fields, result_fields
+from surgery.errors import SurgeryError
 from surgery.io import content_sha256
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +29,7 @@ def _config(checkpoint, data_dir=''):
 
 
 def _fp(config):
-  return results_lib.fingerprint(result_fields(config))
+  return fingerprint(result_fields(config))
 
 
 def test_fingerprint_follows_the_checkpoints_bytes_not_its_path(tmp_path, monkeypatch):
@@ -79,7 +82,7 @@ def test_config_json_names_no_machine_path_and_resumes_after_a_move(tmp_path, mo
   workdir.mkdir()
   (workdir / 'config.json').write_text(text)
   fp = _fp(config)
-  table = results_lib.ResultsCsv(str(workdir / 'results.csv'))
+  table = store.ResultsCsv(str(workdir / 'results.csv'))
   table.add(dict(shift='snow', method='all', lr=1e-3, seed=0, val_acc=0.5, test_acc=0.5,
                  fingerprint=fp))
   # The checkout and the weights move: the same rows resume.
@@ -99,7 +102,7 @@ def _old_workdir(tmp_path, checkpoint_path):
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(config.to_json(indent=2))
   old_fp = _fp(config)  # the path does not exist here, so it enters by its text
-  table = results_lib.ResultsCsv(str(folder / 'results.csv'))
+  table = store.ResultsCsv(str(folder / 'results.csv'))
   for lr, acc in ((1e-3, 0.61), (1e-4, 0.58)):
     table.add(dict(shift='snow', method='all', lr=lr, seed=0, best_epoch=3, val_acc=acc,
                    test_acc=acc - 0.01, n_tune=1000, n_val=100, n_test=8900, seconds=60.0,
@@ -128,7 +131,7 @@ def test_migration_changes_only_the_fingerprint_and_the_rows_resume(tmp_path):
   assert json.loads((folder / 'metrics.jsonl').read_text())['fingerprint'] == new_fp
   assert '/old/machine' not in (folder / 'config.json').read_text()
   # The migrated folder resumes under the weights' new home.
-  table = results_lib.ResultsCsv(str(folder / 'results.csv'))
+  table = store.ResultsCsv(str(folder / 'results.csv'))
   now = _config(weights)
   check_resume(str(folder), table, _fp(now), result_fields(now))
   # Run again, it finds nothing to do.
@@ -170,3 +173,52 @@ def test_config_record_keeps_a_config_without_checkpoint_as_it_was():
   config = _config('')
   assert json.loads(config_record(config)) == json.loads(config.to_json())
   assert ml_collections.ConfigDict(json.loads(config_record(config))).init_checkpoint == ''
+
+
+def _legacy_folder(tmp_path, old_record):
+  """A workdir as committed before fingerprints: rows without the column, config.json."""
+  folder = tmp_path / 'legacy'
+  folder.mkdir()
+  (folder / 'config.json').write_text(json.dumps(old_record))
+  with open(folder / 'results.csv', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['shift', 'method', 'lr', 'hparam', 'seed', 'best_epoch', 'val_acc', 'test_acc'])
+    w.writerow(['snow', 'all', '0.001', '', '0', '3', '0.5', '0.5'])
+  return folder
+
+
+def test_a_config_json_older_than_a_setting_reads_it_as_the_value_that_ran(tmp_path):
+  """results/cifar_flip's config.json predates `dataset`, `model.name`, `model.bn_mode`
+  and `auto_rgn.reset_inner`: it resumes under today's config, and a setting that truly
+  differs is still named."""
+  config = cifar10c.get_config()
+  record = json.loads(config.to_json())
+  old = json.loads(json.dumps(record))
+  del old['dataset'], old['model']['name'], old['model']['bn_mode'], old['auto_rgn']['reset_inner']
+  old['model'] = old['model'].pop('resnet26')  # the flat model section of that time
+  folder = _legacy_folder(tmp_path, old)
+  table = store.ResultsCsv(str(folder / 'results.csv'), write=False)
+  now = result_fields(config)
+  check_resume(str(folder), table, fingerprint(now), now)  # no error
+  old['auto_rgn']['window'] = 3
+  (folder / 'config.json').write_text(json.dumps(old))
+  with pytest.raises(SurgeryError, match=r'auto_rgn\.window differ'):
+    check_resume(str(folder), table, fingerprint(now), now)
+  config.auto_rgn.reset_inner = True  # now a real difference from what ran then
+  old['auto_rgn']['window'] = 5
+  (folder / 'config.json').write_text(json.dumps(old))
+  now = result_fields(config)
+  with pytest.raises(SurgeryError, match=r'auto_rgn\.reset_inner differ'):
+    check_resume(str(folder), table, fingerprint(now), now)
+
+
+def test_committed_legacy_folders_read_as_todays_config(tmp_path):
+  """The committed folders made before those settings: their fields equal today's config
+  with the same run axes, so they resume with nothing to do."""
+  from configs import cifar_flip, data_efficiency, param_noise
+  for name, module in (('cifar_flip', cifar_flip), ('param_noise', param_noise),
+                       ('data_efficiency', data_efficiency)):
+    path = os.path.join(REPO, 'results', name, 'config.json')
+    config = module.get_config()
+    config.init_checkpoint = json.load(open(path))['init_checkpoint']  # its sha256 id
+    assert read_result_fields(path) == result_fields(config), name

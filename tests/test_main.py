@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import cifar10c
-from experiments import figures
+from surgery.report import figures
 from experiments import finetune
 from experiments import sweep as runner
 from experiments.plan import make_plan
@@ -376,7 +376,7 @@ def test_stage1_pretrains_saves_and_reloads(tiny, capsys):
 
 def test_merge_results_of_parallel_sweeps(tmp_path):
   from experiments.merge_results import merge
-  from experiments.results import ResultsCsv
+  from surgery.report.store import ResultsCsv
   a, b = tmp_path / 'a', tmp_path / 'b'
   row = dict(shift='snow', method='all', lr=1e-3, seed=0, best_epoch=3, val_acc=0.5, test_acc=0.6)
   ResultsCsv(str(a / 'results.csv')).add(row)
@@ -394,7 +394,7 @@ def test_merge_results_of_parallel_sweeps(tmp_path):
 
 def test_merge_results_carries_memo_tuning_rows_and_streams(tmp_path):
   from experiments.merge_results import merge
-  from experiments.results import ResultsCsv
+  from surgery.report.store import ResultsCsv
   a, b = tmp_path / 'a', tmp_path / 'b'
   row = dict(shift='fog', method='online/all', lr=5e-4, hparam='steps=1 wd=0', seed=0,
              best_epoch=0, val_acc='', test_acc=0.4)
@@ -428,7 +428,7 @@ def test_merge_results_carries_memo_tuning_rows_and_streams(tmp_path):
 def _fake_rows(plan, skip_last=0):
   """A results.csv's rows for `plan.runs` (less the last `skip_last`), validation
   accuracy rising with the run's place so that selection has one answer."""
-  table = runner.results_lib.ResultsCsv('/nonexistent/results.csv', write=False)
+  table = runner.store.ResultsCsv('/nonexistent/results.csv', write=False)
   runs = plan.runs[:len(plan.runs) - skip_last]
   table.add_many([dict(shift=r.shift, method=r.method, lr=r.lr, hparam=r.hparam, seed=r.seed,
                        best_epoch=1, val_acc=0.3 + 0.01 * i, test_acc=0.2 + 0.01 * i,
@@ -478,7 +478,7 @@ def test_rows_record_the_device_layout_and_a_mixed_layout_is_announced(tiny, cap
   assert layout == f'1x{jax.local_device_count()} cpu'
   assert [r['extra'] for r in _rows(workdir / 'results.csv')] == [f'layout={layout}']
   assert 'note: results.csv holds rows' not in capsys.readouterr().out
-  table = runner.results_lib.ResultsCsv(str(workdir / 'results.csv'), write=False)
+  table = runner.store.ResultsCsv(str(workdir / 'results.csv'), write=False)
   table.rows[0]['extra'] = 'layout=2x4 TPU_v4'
   runner._warn_mixed_layouts(table, layout, adding=True)
   assert (f'note: results.csv holds rows made on device layout 2x4 TPU_v4; this run adds '

@@ -102,7 +102,7 @@ def test_unbalanced_tuning_and_held_out_streams_cover_the_1017_images():
 def test_side_by_side_gain_has_the_paired_standard_error(tmp_path):
   import json
   from experiments import memo_compare
-  from experiments import results as results_lib
+  from surgery.report import store
   none = [1, 0, 0, 1, 0, 1, 0, 0]
   first = [1, 1, 0, 1, 1, 1, 0, 1]  # gains 3 images, loses none
   for name, mine in (('a', first), ('b', none)):
@@ -112,7 +112,7 @@ def test_side_by_side_gain_has_the_paired_standard_error(tmp_path):
       stem = f'gaussian_noise_{method}'.replace('/', '_')
       (w / 'streams' / f'{stem}.json').write_text(json.dumps(correct))
       (w / 'streams' / f'{stem}.predictions.json').write_text(json.dumps([6] * 6 + [1, 2]))
-    table = results_lib.ResultsCsv(str(w / 'results.csv'))
+    table = store.ResultsCsv(str(w / 'results.csv'))
     table.add_many([dict(shift='gaussian_noise', method=m, lr=lr, hparam=h, seed=0,
                          val_acc='', test_acc=sum(c) / 8)
                     for m, lr, h, c in (('no_adaptation', 0, '', none),

@@ -1,4 +1,4 @@
-"""experiments/results.py: selection, Cross-Val, ranks, results.csv, fingerprints."""
+"""surgery/report (selection, ranks, results.csv, fingerprints) and Cross-Val (surgery/methods/cross_val.py)."""
 import csv
 import hashlib
 import io
@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from experiments import results
+from surgery.methods import cross_val
+from surgery.report import fingerprint as fingerprint_lib, store, summary as summary_lib
 from surgery.errors import SurgeryError
 
 CANDIDATES = ('block1', 'block2', 'last')
@@ -51,37 +52,37 @@ def _write(path, text):
 
 
 def test_cross_val_is_mean_and_se_over_all_seeds_of_per_seed_picks(tmp_path):
-  table = results.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS))
-  rows = table.rows + results.cross_val_rows(table.rows, CANDIDATES)
-  summary, chosen = results.summarize(rows, ['cross_val'], ['snow'])
+  table = store.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS))
+  rows = table.rows + cross_val.select(table.rows, CANDIDATES)
+  summary, chosen = summary_lib.summarize(rows, ['cross_val'], ['snow'])
   mean, se = summary['cross_val']['snow']
   assert mean == pytest.approx(0.7833333333333333, rel=1e-12)
   assert se == pytest.approx(0.0600925212577332, rel=1e-9)
-  assert [r[results.PICKED] for r in chosen[('snow', 'cross_val')]] == [
+  assert [r[store.PICKED] for r in chosen[('snow', 'cross_val')]] == [
       'block1 lr=0.001', 'block2 lr=0.0001', 'last lr=0.001']
-  text, _ = results.markdown_summary(rows, ['block1', 'cross_val'], ['snow'], 'T')
+  text, _ = summary_lib.markdown_summary(rows, ['block1', 'cross_val'], ['snow'], 'T')
   assert '| cross_val | 78.3 ± 6.0 |' in text
   assert '- cross_val: snow: block1 lr=0.001 / block2 lr=0.0001 / last lr=0.001' in text
   assert 'over seeds 0, 1, 2;' in text
   one_seed = [r for r in rows if str(r['seed']) == '1']
-  text, _ = results.markdown_summary(one_seed, ['block1'], ['snow'], 'T')
+  text, _ = summary_lib.markdown_summary(one_seed, ['block1'], ['snow'], 'T')
   assert 'Test accuracy (%), seed 1;' in text and 'standard error' not in text
 
 
 def test_cross_val_waits_for_every_planned_candidate(tmp_path):
-  rows = results.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS)).rows
-  planned = [results.row_key(r) for r in rows]
-  assert len(results.cross_val_rows(rows, CANDIDATES, planned=planned)) == 3
+  rows = store.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS)).rows
+  planned = [store.row_key(r) for r in rows]
+  assert len(cross_val.select(rows, CANDIDATES, planned=planned)) == 3
   # Seed 1 still lacks its block2 lr=0.0001 run, the one Cross-Val would pick: seed 1
   # gets no pick rather than a pick among the others; seeds 0 and 2 are unchanged.
   partial = [r for r in rows if not (r['seed'] == '1' and r['method'] == 'block2'
                                      and r['lr'] == '0.0001')]
-  picks = results.cross_val_rows(partial, CANDIDATES, planned=planned)
-  assert [(r['seed'], r[results.PICKED]) for r in picks] == [
+  picks = cross_val.select(partial, CANDIDATES, planned=planned)
+  assert [(r['seed'], r[store.PICKED]) for r in picks] == [
       ('0', 'block1 lr=0.001'), ('2', 'last lr=0.001')]
   # A planned run of a method that is no candidate (e.g. `all`) does not hold it back.
-  extra = planned + [results.run_key('snow', 'all', 1e-3, 1)]
-  assert len(results.cross_val_rows(rows, CANDIDATES, planned=extra)) == 3
+  extra = planned + [store.run_key('snow', 'all', 1e-3, 1)]
+  assert len(cross_val.select(rows, CANDIDATES, planned=extra)) == 3
 
 
 # Ties on val_acc. seed 0: block1 and block2 (two lrs) tie at .5; seed 1: block2 with
@@ -99,7 +100,7 @@ fog,block1,0.001,,1,1,0.6,0.73,10,10,10,1,
 
 
 def _picks(rows, candidates):
-  return [(r['seed'], r[results.PICKED]) for r in results.cross_val_rows(rows, candidates)]
+  return [(r['seed'], r[store.PICKED]) for r in cross_val.select(rows, candidates)]
 
 
 def test_cross_val_ties_follow_candidate_order_then_lr_then_hparam_not_row_order():
@@ -125,7 +126,7 @@ def test_select_lr_ties_go_to_smaller_lr_then_smaller_hparam_whatever_the_order(
   rng = random.Random(1)
   for _ in range(10):
     rng.shuffle(rows)
-    chosen = results.select_lr(rows)
+    chosen = summary_lib.select_lr(rows)
     assert {r['lr'] for r in chosen[('fog', 'all')]} == {'0.001'}
     assert [r['seed'] for r in chosen[('fog', 'all')]] == ['0', '1', '2']  # by seed
     assert [r['hparam'] for r in chosen[('fog', 'l1_sp')]] == ['lam=0.01']
@@ -141,8 +142,8 @@ def test_average_rank_is_fractional_on_exact_means():
   # s1: 1, 2.5, 2.5, 4; s2: 4, 3, 1.5, 1.5; s3 (a beats b by one ulp): 1, 2, 3.5, 3.5.
   want = {'a': 2.0, 'b': 2.5, 'c': 2.5, 'd': 3.0}
   shifts = ['s1', 's2', 's3', 's4']
-  assert results.average_ranks(table, list('abcd'), shifts) == want
-  assert results.average_ranks(table, list('dcba'), shifts) == want
+  assert summary_lib.average_ranks(table, list('abcd'), shifts) == want
+  assert summary_lib.average_ranks(table, list('dcba'), shifts) == want
 
 
 WORST_GROUP = """\
@@ -155,19 +156,19 @@ waterbirds,last,0.01,,0,1,0.85,0.84,0.6,0.55
 
 def test_selection_and_table_use_the_named_metric():
   rows = _rows(WORST_GROUP)
-  table, _ = results.summarize(rows, ['all'], ['waterbirds'])
+  table, _ = summary_lib.summarize(rows, ['all'], ['waterbirds'])
   assert table['all']['waterbirds'][0] == 0.85
-  table, chosen = results.summarize(rows, ['all'], ['waterbirds'], metric='worst_group_acc')
+  table, chosen = summary_lib.summarize(rows, ['all'], ['waterbirds'], metric='worst_group_acc')
   assert table['all']['waterbirds'][0] == 0.45 and chosen[('waterbirds', 'all')][0]['lr'] == '0.001'
-  assert results.cross_val_rows(rows, ['all', 'last'])[0][results.PICKED] == 'all lr=0.01'
-  cv = results.cross_val_rows(rows, ['all', 'last'], metric='worst_group_acc')
-  assert cv[0][results.PICKED] == 'last lr=0.01'
-  text, _ = results.markdown_summary(rows + cv, ['all', 'cross_val'], ['waterbirds'], 'T',
+  assert cross_val.select(rows, ['all', 'last'])[0][store.PICKED] == 'all lr=0.01'
+  cv = cross_val.select(rows, ['all', 'last'], metric='worst_group_acc')
+  assert cv[0][store.PICKED] == 'last lr=0.01'
+  text, _ = summary_lib.markdown_summary(rows + cv, ['all', 'cross_val'], ['waterbirds'], 'T',
                                      metric='worst_group_acc')
   assert 'Test worst group acc (%)' in text and 'val_worst_group_acc' in text
   assert '| all | 45.0 |' in text and '| cross_val | 55.0 |' in text
   # The average accuracy of the same picks (all: lr 0.001; Cross-Val: last lr 0.01).
-  text, _ = results.markdown_summary(rows + cv, ['all', 'cross_val'], ['waterbirds'], 'T',
+  text, _ = summary_lib.markdown_summary(rows + cv, ['all', 'cross_val'], ['waterbirds'], 'T',
                                      metric='worst_group_acc', also=('acc', 'worst_group_acc'))
   other = text.split('Test accuracy (%) of the same runs (selected on val_worst_group_acc)')[1]
   assert '| all | 80.0 |' in other and '| cross_val | 84.0 |' in other
@@ -182,7 +183,7 @@ snow,all,0.001,,0,4,0.66,0.70,1000,100,8900,190.0,
 
 def test_results_csv_reads_old_files_and_grows_metric_columns_in_stable_order(tmp_path):
   path = _write(tmp_path / 'results.csv', OLD_FILE)
-  table = results.ResultsCsv(path)
+  table = store.ResultsCsv(path)
   assert table.rows[0]['fingerprint'] == '' and table.has('snow', 'all', 1e-3, 0)
   table.add(dict(shift='fog', method='all', lr=1e-3, seed=1, best_epoch=2, val_acc=0.5,
                  test_acc=0.6, test_worst_group_acc=0.25, val_worst_group_acc=0.3,
@@ -193,7 +194,7 @@ def test_results_csv_reads_old_files_and_grows_metric_columns_in_stable_order(tm
                     'val_acc', 'test_acc', 'val_domain_acc', 'test_domain_acc',
                     'val_worst_group_acc', 'test_worst_group_acc',
                     'n_tune', 'n_val', 'n_test', 'seconds', 'fingerprint', 'extra']
-  again = results.ResultsCsv(path)
+  again = store.ResultsCsv(path)
   assert again.rows[0]['val_worst_group_acc'] == '' and again.rows[0]['test_acc'] == '0.70'
   assert again.rows[1]['test_worst_group_acc'] == '0.25'
   assert again.rows == table.rows
@@ -209,10 +210,10 @@ def test_add_many_writes_what_adding_one_by_one_writes(tmp_path):
   batch = [dict(shift='snow', method='block1', lr=0.001, seed=0, test_acc=0.9),
            dict(shift='fog', method='last', lr=0.01, seed=0, test_acc=0.1, test_wga=0.05),
            dict(shift='fog', method='last', lr=0.01, seed=0, test_acc=0.2, extra='again')]
-  one = results.ResultsCsv(_write(tmp_path / 'one.csv', THREE_SEEDS))
+  one = store.ResultsCsv(_write(tmp_path / 'one.csv', THREE_SEEDS))
   for row in batch:
     one.add(row)
-  many = results.ResultsCsv(_write(tmp_path / 'many.csv', THREE_SEEDS))
+  many = store.ResultsCsv(_write(tmp_path / 'many.csv', THREE_SEEDS))
   many.add_many(batch)
   assert open(many.path).read() == open(one.path).read()
   assert many.rows == one.rows and len(many.rows) == 16
@@ -220,26 +221,26 @@ def test_add_many_writes_what_adding_one_by_one_writes(tmp_path):
 
 
 def test_fingerprint_is_short_stable_and_order_free():
-  fp = results.fingerprint({'b': (1, 2), 'a': 1})
+  fp = fingerprint_lib.fingerprint({'b': (1, 2), 'a': 1})
   assert fp == hashlib.sha256(b'{"a":1,"b":[1,2]}').hexdigest()[:12]
-  assert fp == results.fingerprint({'a': 1, 'b': [1, 2]})
-  assert len(fp) == 12 and fp != results.fingerprint({'a': 2, 'b': [1, 2]})
+  assert fp == fingerprint_lib.fingerprint({'a': 1, 'b': [1, 2]})
+  assert len(fp) == 12 and fp != fingerprint_lib.fingerprint({'a': 2, 'b': [1, 2]})
 
 
 def test_diff_fields_names_changed_added_and_removed_fields():
   old = {'lr': 0.1, 'model': {'depth': 26, 'width': 1}, 'seed': 0, 'shifts': ('a', 'b')}
   new = {'lr': 0.1, 'model': {'depth': 50}, 'seed': 0, 'shifts': ['a', 'b'], 'extra': True}
-  assert results.diff_fields(old, new) == ['extra', 'model.depth', 'model.width']
-  assert results.diff_fields(old, old) == []
+  assert fingerprint_lib.diff_fields(old, new) == ['extra', 'model.depth', 'model.width']
+  assert fingerprint_lib.diff_fields(old, old) == []
 
 
 def test_fingerprints_of_a_file(tmp_path):
   path = str(tmp_path / 'results.csv')
-  table = results.ResultsCsv(path)
+  table = store.ResultsCsv(path)
   for seed, fp in enumerate(['abc', '', 'abc', 'def']):
     table.add(dict(shift='fog', method='all', lr=1e-3, seed=seed, val_acc=0.5, test_acc=0.5,
                    fingerprint=fp))
-  assert results.ResultsCsv(path).fingerprints() == {'abc', 'def'}
+  assert store.ResultsCsv(path).fingerprints() == {'abc', 'def'}
 
 
 @pytest.mark.parametrize('content, why', [
@@ -254,7 +255,7 @@ def test_malformed_results_csv_is_a_one_line_error_and_left_alone(tmp_path, cont
   (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
   before = (path.read_bytes(), os.stat(path).st_mtime_ns)
   with pytest.raises(SurgeryError) as err:
-    results.ResultsCsv(str(path))
+    store.ResultsCsv(str(path))
   message = str(err.value)
   assert str(path) in message and why in message and '\n' not in message
   assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
@@ -262,13 +263,13 @@ def test_malformed_results_csv_is_a_one_line_error_and_left_alone(tmp_path, cont
 
 def test_append_jsonl_writes_one_parseable_line_per_call(tmp_path):
   path = str(tmp_path / 'sub' / 'metrics.jsonl')
-  results.append_jsonl(path, {'run': 'a', 'val_acc': [0.5, 0.6]})
-  results.append_jsonl(path, {'run': 'b', 'val_acc': [0.7]})
+  store.append_jsonl(path, {'run': 'a', 'val_acc': [0.5, 0.6]})
+  store.append_jsonl(path, {'run': 'b', 'val_acc': [0.7]})
   with open(path) as f:
     lines = f.read().splitlines()
   assert [json.loads(line)['run'] for line in lines] == ['a', 'b']
   with open(path, 'a') as f:
     f.write('{"run": "torn')  # a crash mid-line must not swallow the next record
-  results.append_jsonl(path, {'run': 'c'})
+  store.append_jsonl(path, {'run': 'c'})
   with open(path) as f:
     assert json.loads(f.read().splitlines()[-1]) == {'run': 'c'}

@@ -1,4 +1,16 @@
-"""Single-run baselines and Auto-SNR of paper Section 4 (Table 4), over parameter groups.
+"""Fine-tuning methods, one file each; `registry` holds the contract every file declares
+(`METHOD`), and the runner finds them by listing this package:
+
+  baselines.py         no_adaptation, all
+  auto_rgn.py          Auto-RGN (Section 5): per-tensor lr from relative gradient norms
+  gradual_unfreeze.py  gradual_unfreeze_first_last / _last_first (Table 4)
+  l1_sp.py             L1-SP, a penalty towards the pre-trained weights (Table 4)
+  auto_snr.py          Auto-SNR, freeze the noisiest tensors each epoch (Table 4)
+  cross_val.py         Cross-Val: the surgical option and lr validation picks (Table 4)
+
+The surgical options themselves (first_layer, block1, ..., last) come from each model.
+
+Used directly, Table 4's single-run baselines work over parameter groups.
 
 All tune every leaf the surgical mask leaves them (usually all of them):
 

@@ -42,6 +42,7 @@ import optax
 
 from surgery.errors import SurgeryError
 from surgery.groups import path_str
+from surgery.methods.registry import Method
 
 VARIANTS = ('paper', 'channel_variance')
 _NO_UPDATE = -0.0  # p + (-0.0) is bitwise p, -0.0 included
@@ -179,3 +180,45 @@ def set_snr_weights(opt_state: Any, weights: Any) -> Any:
     return s._replace(weights=new)
 
   return jax.tree_util.tree_map(replace, opt_state, is_leaf=lambda s: isinstance(s, AutoSNRState))
+
+
+# -- the method: before each epoch, freeze for that epoch the tensors under the threshold
+def _before_epoch(ctx, state, order):
+  """This epoch's frozen set from per-example gradients on one measuring batch, the
+  first `batch_size` images of the epoch's order, at the current parameters."""
+  import numpy as np
+  from surgery import train as training
+  s = ctx.settings
+  first = order[:s['batch_size']]
+  x, y = ctx.tune[0][first], ctx.tune[1][first].astype(np.int32)
+
+  def example_loss(params, example):
+    xi, yi = example
+    logits = training.forward(ctx.module, params, ctx.model_state,
+                              training.to_float_images(xi[None]), train=False)[0]
+    return training.cross_entropy(logits, yi[None])
+
+  from surgery.methods.auto_rgn import is_norm_tensor
+  weights = snr_weights(example_loss, state.params, (x, y), ctx.hparam, variant=s['variant'],
+                        chunk_size=s['chunk_size'],
+                        exclude=is_norm_tensor if s['exclude_norm'] else None)
+  return state._replace(opt_state=training.replicate(
+      ctx.mesh, set_snr_weights(state.opt_state, weights)))
+
+
+def _check(section):
+  if section.get('variant') not in VARIANTS:
+    raise SurgeryError(f'auto_snr.variant must be one of {", ".join(VARIANTS)}, got '
+                       f'{section.get("variant")!r}')
+  for field in ('batch_size', 'chunk_size'):
+    v = section.get(field)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise SurgeryError(f'auto_snr.{field} must be an integer >= 1, got {v!r}')
+
+
+# The threshold is swept beside the lr over `auto_snr.thresholds`, chosen on validation.
+METHOD = Method('auto_snr', wrap=lambda base, ctx: auto_snr(base), before_epoch=_before_epoch,
+                section='auto_snr', check=_check, hparam='threshold', grid_field='thresholds',
+                defaults=dict(thresholds=(0.2, 0.5, 0.8), variant='paper', batch_size=64,
+                              chunk_size=16, exclude_norm=False),
+                order=130)

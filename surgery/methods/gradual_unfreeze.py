@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from surgery.groups import GroupPatterns, group_names
+from surgery.methods.registry import Method
 
 ORDERS = ('first_last', 'last_first')
 
@@ -89,3 +90,15 @@ def gradual_unfreeze(base: optax.GradientTransformation, labels: Any, order: Seq
     return out, GradualUnfreezeState(optax.safe_increment(state.count), tuple(inner_states))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+# -- the methods: one more group each epoch, from the input or from the output --------
+def _wrap(direction):
+  def wrap(base, ctx):
+    order = unfreeze_order(direction, ctx.groups)
+    return gradual_unfreeze(base, ctx.group_labels, order, ctx.steps_per_epoch)
+  return wrap
+
+
+METHODS = tuple(Method(f'gradual_unfreeze_{d}', wrap=_wrap(d), order=110 + i)
+                for i, d in enumerate(ORDERS))

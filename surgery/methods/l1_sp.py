@@ -10,6 +10,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from surgery.methods.registry import Method
+
 
 def l1_sp_penalty(params0: Any, lam: float) -> Callable[[Any], jax.Array]:
   """`penalty(params) = lam * ||params - params0||_1`; its gradient is
@@ -24,3 +26,9 @@ def l1_sp_penalty(params0: Any, lam: float) -> Callable[[Any], jax.Array]:
     return lam * sum(jax.tree_util.tree_leaves(dist))
 
   return penalty
+
+
+# Its strength `lam` is swept beside the lr over `l1_sp.lambdas` and chosen on validation.
+METHOD = Method('l1_sp', extra_loss=l1_sp_penalty, section='l1_sp',
+                defaults=dict(lambdas=(1e-5, 1e-4, 1e-3)), hparam='lam', grid_field='lambdas',
+                order=120)

@@ -1,27 +1,34 @@
-"""The method contract: one registry entry per fine-tuning method.
+"""The method contract: one file per fine-tuning method, found by name.
 
-A method is one of:
-  - a group spec (`groups`): tune those groups, freeze the rest (surgical methods come
-    from the model spec, `spec.methods`, since only a model knows its groups);
-  - a per-tensor optimizer wrapper (`wrap`), e.g. Auto-RGN, gradual unfreezing;
-  - plus, optionally, a hook run before every epoch (`before_epoch`, Auto-SNR) and an
-    extra loss (`extra_loss`, L1-SP) with its own hyperparameter grid (`hparam`,
-    floats read from the config section named `section`).
-`evaluate_only` methods run no training (no adaptation); `selection` methods are not
-runs but a choice over other runs (Cross-Val: the surgical option and lr that
-validation picks). `resolve` turns a name into a Method for a model, and an unknown
-name is an error listing every valid one.
+A module of this package that defines `METHOD` (a `Method`), or `METHODS` (a tuple of
+them), is a method file; the runner finds it by listing the package, so adding
+`surgery/methods/<name>.py` is all a new method needs. A `Method` declares everything a
+runner needs to know about it:
+
+  - what it tunes (`groups`, a group spec) and how: an optimizer wrapper (`wrap`), an
+    extra loss (`extra_loss`), a hook run before every epoch (`before_epoch`);
+  - its config section (`section`): `defaults`, checked by `check`, of which the field
+    `grid_field` is swept beside the lr (values named `hparam`, chosen on validation
+    like the lr); `added_later` gives, for settings added after results were made, the
+    value that reproduces what ran before them (a config.json without them reads so);
+  - what it leaves beside its rows (`epoch_record`, `save_records`) and the summary
+    section made from them (`report`);
+  - `evaluate_only` (no training: no adaptation) or `select` (not a run but a choice
+    over other runs, `candidates`: Cross-Val).
+
+Surgical methods (tune one block) come from the model spec (`spec.methods`), since only
+a model knows its groups. `register` adds a method defined outside this package.
+`resolve` turns a name into a `Method` for a model; an unknown name is an error listing
+every valid one.
 """
 import dataclasses
+import importlib
+import pkgutil
 from typing import Any, Callable, Optional
 
 import optax
 
-from surgery.auto_rgn import auto_rgn, is_norm_tensor
 from surgery.errors import SurgeryError
-from surgery.methods.auto_snr import auto_snr
-from surgery.methods.gradual_unfreeze import gradual_unfreeze, unfreeze_order
-from surgery.methods.l1_sp import l1_sp_penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,72 +42,134 @@ class Context:
 
 
 @dataclasses.dataclass(frozen=True)
+class EpochContext:
+  """What a `before_epoch` hook may read: the run's whole model and target tune set."""
+  module: Any  # the model's Flax module
+  model_state: dict  # its non-trainable variables (batch statistics)
+  mesh: Any  # the data-parallel mesh, or None
+  settings: Any
+  hparam: Optional[float]
+  tune: tuple  # (images, labels) of the target tune set
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportContext:
+  """What a method's `report` may read when summary.md is written."""
+  workdir: str
+  rows: list  # results.csv rows
+  shifts: list
+  groups: tuple  # the model's (name, regex) pairs
+  metric: str  # the selection metric
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   name: str
   groups: str = 'all'  # group spec of the tuned parameters
-  wrap: Optional[Callable[[optax.GradientTransformation, Context], optax.GradientTransformation]] = None
-  before_epoch: Optional[str] = None  # name of a runner hook ('auto_snr')
-  extra_loss: Optional[Callable[[Any, float], Callable]] = None
-  hparam: str = ''  # name of its own setting, e.g. 'lam'
-  section: str = ''  # config section holding its settings and grid
-  grid_field: str = ''  # field of `section` holding the hparam grid (floats)
+  wrap: Optional[Callable[[optax.GradientTransformation, Context],
+                          optax.GradientTransformation]] = None
+  # before_epoch(ctx: EpochContext, state, order) -> state; `order` is the epoch's
+  # permutation of the tune set. A method with this hook trains the whole model.
+  before_epoch: Optional[Callable] = None
+  extra_loss: Optional[Callable[[Any, float], Callable]] = None  # (start params, hparam)
+  section: str = ''  # config section holding its settings
+  defaults: dict = dataclasses.field(default_factory=dict)  # of that section
+  check: Optional[Callable[[Any], None]] = None  # raises SurgeryError on a bad section
+  added_later: dict = dataclasses.field(default_factory=dict)
+  hparam: str = ''  # name of its swept setting, e.g. 'lam'
+  grid_field: str = ''  # field of `section` holding that setting's grid (floats)
   head_lrs: bool = False  # swept over the head's lr grid (`last_lrs`)
   evaluate_only: bool = False
-  selection: bool = False
+  # select(rows, candidates, metric, planned) -> rows: a choice among other runs.
+  select: Optional[Callable] = None
+  candidates: Optional[Callable[[Any], list]] = None  # (model spec) -> method names
+  epoch_record: Optional[Callable[[Any], Any]] = None  # (opt_state) -> kept per epoch
+  save_records: Optional[Callable] = None  # (workdir, run, records) after a run
+  report: Optional[Callable[[ReportContext], list]] = None  # -> summary.md lines
+  order: float = 100.0  # place in the canonical method order (< 10: before surgical)
 
   @property
   def trains(self) -> bool:
-    return not (self.evaluate_only or self.selection)
+    return not (self.evaluate_only or self.select)
+
+  @property
+  def grid_path(self) -> str:
+    """'section.field' of its swept grid, or ''."""
+    return f'{self.section}.{self.grid_field}' if self.hparam else ''
 
 
-def _auto_rgn(base, ctx: Context):
-  s = ctx.settings
-  every = ctx.steps_per_epoch if s['refresh'] == 'epoch' else 1
-  return auto_rgn(base, refresh_every=every, window=min(int(s['window']), every),
-                  exclude=is_norm_tensor if s['exclude_norm'] else None,
-                  **({'reset_inner': bool(s['reset_inner'])} if 'reset_inner' in s else {}))
+BEFORE_SURGICAL = 10.0  # methods ordered below this come before the model's own
+_REGISTERED: dict = {}
+_FOUND: Optional[dict] = None
 
 
-def _gradual(direction):
-  def wrap(base, ctx: Context):
-    order = unfreeze_order(direction, ctx.groups)
-    return gradual_unfreeze(base, ctx.group_labels, order, ctx.steps_per_epoch)
-  return wrap
+def register(method: Method) -> Method:
+  """Adds a method defined outside this package (a user's own); returns it."""
+  if method.name in all_methods() and all_methods()[method.name] is not method:
+    raise SurgeryError(f'method {method.name!r} is already registered')
+  _REGISTERED[method.name] = method
+  return method
 
 
-GENERIC = {
-    'no_adaptation': Method('no_adaptation', evaluate_only=True),
-    'all': Method('all'),
-    'auto_rgn': Method('auto_rgn', wrap=_auto_rgn, section='auto_rgn'),
-    'gradual_unfreeze_first_last': Method('gradual_unfreeze_first_last', wrap=_gradual('first_last')),
-    'gradual_unfreeze_last_first': Method('gradual_unfreeze_last_first', wrap=_gradual('last_first')),
-    'l1_sp': Method('l1_sp', extra_loss=l1_sp_penalty, hparam='lam', section='l1_sp',
-                    grid_field='lambdas'),
-    'auto_snr': Method('auto_snr', wrap=lambda base, ctx: auto_snr(base), before_epoch='auto_snr',
-                       hparam='threshold', section='auto_snr', grid_field='thresholds'),
-    'cross_val': Method('cross_val', selection=True),
-}
-# Where the model's surgical methods go in the canonical order.
-_BEFORE_SURGICAL = ('no_adaptation', 'all')
+def all_methods() -> dict:
+  """{name: Method} of every method file in this package and every registered one, in
+  canonical order."""
+  global _FOUND
+  if _FOUND is None:
+    found = {}
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+      module = importlib.import_module(f'{__package__}.{info.name}')
+      declared = getattr(module, 'METHODS', ()) + ((module.METHOD,) if hasattr(module, 'METHOD')
+                                                   else ())
+      for m in declared:
+        if m.name in found:
+          raise SurgeryError(f'method {m.name!r} is declared twice ({info.name})')
+        found[m.name] = m
+    _FOUND = found
+  every = {**_FOUND, **_REGISTERED}
+  return dict(sorted(every.items(), key=lambda kv: (kv[1].order, kv[0])))
 
 
 def names(model_spec) -> list:
   """Every method valid for the model, in canonical order."""
-  surgical = [m for m in model_spec.methods if m not in GENERIC]
-  rest = [m for m in GENERIC if m not in _BEFORE_SURGICAL]
-  return list(_BEFORE_SURGICAL) + surgical + rest
+  every = all_methods()
+  surgical = [m for m in model_spec.methods if m not in every]
+  first = [n for n, m in every.items() if m.order < BEFORE_SURGICAL]
+  return first + surgical + [n for n, m in every.items() if m.order >= BEFORE_SURGICAL]
 
 
 def resolve(name: str, model_spec) -> Method:
-  if name in GENERIC:
-    return GENERIC[name]
+  every = all_methods()
+  if name in every:
+    return every[name]
   if name in model_spec.methods:
     return Method(name, groups=model_spec.methods[name], head_lrs=name in model_spec.head_methods)
   raise SurgeryError(f'unknown method {name!r} for model {model_spec.name}; valid: '
                      f'{", ".join(names(model_spec))}')
 
 
-def selection_candidates(model_spec) -> list:
-  """Cross-Val's candidates: the model's surgical options (every method of the model
-  that tunes a strict subset of the groups), in network order."""
-  return [m for m in model_spec.methods if m not in GENERIC and model_spec.methods[m] != 'all']
+def surgical_options(model_spec) -> list:
+  """The model's surgical options: its methods that tune a strict subset of the groups,
+  in network order."""
+  every = all_methods()
+  return [m for m in model_spec.methods if m not in every and model_spec.methods[m] != 'all']
+
+
+def grid_fields() -> tuple:
+  """'section.field' of every method's swept grid: run axes, in each row's key."""
+  return tuple(m.grid_path for m in all_methods().values() if m.grid_path)
+
+
+def settings(method: Method, config) -> dict:
+  """The method's section of `config` over its defaults."""
+  given = config.get(method.section) if method.section else None
+  return {**method.defaults, **(dict(given) if given is not None else {})}
+
+
+def check_config(config) -> None:
+  """Every method's own check of its section (the sections exist whether or not the
+  method runs, as their values enter the fingerprint)."""
+  for m in all_methods().values():
+    if m.check is not None and m.section and config.get(m.section) is not None:
+      m.check(config[m.section])

@@ -29,7 +29,14 @@ Degenerate tensors:
     period and stays out of the normaliser, so one bad tensor does not turn every
     weight into NaN. Stopping the run on it is the caller's job; its own update is
     still non-finite.
+
+As a method (`METHOD`, config section `auto_rgn`): the authors' setting is one refresh
+per epoch from 5 batches with norm layers left out. Each run's weights per epoch go to
+WORKDIR/auto_rgn/<shift>_lr<lr>_seed<seed>.json, and summary.md gets the paper's Fig. 6
+(auto_rgn_weights.png) for the run validation picked on each shift.
 """
+import json
+import os
 import re
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -37,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from surgery.errors import SurgeryError
 from surgery.groups import path_str
+from surgery.methods.registry import Method
 
 
 _NORM_MODULE = re.compile(r'norm|^(bn|gn)\d*$')
@@ -155,3 +164,94 @@ def auto_rgn(inner: optax.GradientTransformation, refresh_every: int = 1, window
     return scaled, AutoRGNState(state.count + 1, rgn_sum, weights, inner_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+# -- the method ----------------------------------------------------------------------
+REFRESH = ('epoch', 'step')
+
+
+def _wrap(base, ctx):
+  s = ctx.settings
+  every = ctx.steps_per_epoch if s['refresh'] == 'epoch' else 1
+  return auto_rgn(base, refresh_every=every, window=min(int(s['window']), every),
+                  exclude=is_norm_tensor if s['exclude_norm'] else None,
+                  reset_inner=bool(s['reset_inner']))
+
+
+def _check(section):
+  if section.get('refresh') not in REFRESH:
+    raise SurgeryError(f'auto_rgn.refresh must be one of {", ".join(REFRESH)}, got '
+                       f'{section.get("refresh")!r}')
+  window = section.get('window')
+  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    raise SurgeryError(f'auto_rgn.window must be an integer >= 1, got {window!r}')
+
+
+def state_of(opt_state) -> Optional[AutoRGNState]:
+  """The AutoRGNState inside an optimizer state, or None."""
+  is_rgn = lambda s: isinstance(s, AutoRGNState)  # noqa: E731
+  return next((s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_rgn) if is_rgn(s)),
+              None)
+
+
+def _epoch_weights(opt_state):
+  rgn = state_of(opt_state)
+  return None if rgn is None else jax.device_get(rgn.weights)
+
+
+def _weights_path(workdir, shift, lr, seed):
+  return os.path.join(workdir, 'auto_rgn', f'{shift}_lr{float(lr):g}_seed{seed}.json')
+
+
+def _save_weights(workdir, run, per_epoch):
+  """Weights per tensor per epoch, for the paper's Figure 6."""
+  from surgery.io import atomic_write
+  names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(per_epoch[0])]
+  data = {'tensors': names,
+          'weights': [[float(w) for w in jax.tree_util.tree_leaves(e)] for e in per_epoch]}
+  atomic_write(_weights_path(workdir, run.shift, run.lr, run.seed), json.dumps(data))
+
+
+def _read_weights(workdir, shift, lr, seed, group_of):
+  """(tensors, their groups, weights summed over epochs) of one run, or None."""
+  import numpy as np
+  path = _weights_path(workdir, shift, lr, seed)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    data = json.load(f)
+  summed = np.sum(np.asarray(data['weights'], float), axis=0)
+  return data['tensors'], [group_of(t) for t in data['tensors']], summed
+
+
+def _report(ctx) -> list:
+  """Fig. 6 for the run validation picked on each shift (its first seed)."""
+  from surgery.report import figures
+  from surgery.report.summary import select_lr
+  chosen = select_lr([r for r in ctx.rows if r['method'] == METHOD.name], metric=ctx.metric)
+
+  def group_of(path):
+    return next((g for g, rx in ctx.groups if re.search(rx, path)), '?')
+
+  panels = []
+  for shift in ctx.shifts:
+    runs = chosen.get((shift, METHOD.name))
+    if runs:
+      got = _read_weights(ctx.workdir, shift, runs[0]['lr'], runs[0]['seed'], group_of)
+      if got:
+        panels.append((f'{shift} (lr {runs[0]["lr"]})',) + got)
+  if not panels:
+    return []
+  figures.plot_rgn_weights(panels, os.path.join(ctx.workdir, 'auto_rgn_weights.png'), ctx.groups)
+  return ['## Auto-RGN weights accumulated over training (Fig. 6)', '',
+          "Per tensor in auto_rgn_weights.png; here the mean over each group's tensors "
+          '(norm tensors, which Auto-RGN leaves out, not counted), for the run '
+          'validation picked.', '', figures.rgn_group_means_markdown(panels, ctx.groups), '']
+
+
+METHOD = Method(
+    'auto_rgn', wrap=_wrap, section='auto_rgn', check=_check,
+    defaults=dict(refresh='epoch', window=5, exclude_norm=True, reset_inner=False),
+    # Rows made before `reset_inner` existed kept Adam's state across refreshes.
+    added_later=dict(reset_inner=False),
+    epoch_record=_epoch_weights, save_records=_save_weights, report=_report, order=100)

@@ -1,14 +1,13 @@
 """Figures beyond the per-shift bars: data efficiency (paper Fig. 4, left) and the
-Auto-RGN weights accumulated over training per tensor (Fig. 6)."""
-import json
+Auto-RGN weights accumulated over training per tensor (Fig. 6), which
+`surgery.methods.auto_rgn` reports."""
 import math
 import re
-import os
 from collections import defaultdict
 
 import numpy as np
 
-from experiments.results import atomic_write
+from surgery.io import atomic_write
 
 
 def _pyplot():
@@ -56,18 +55,6 @@ def data_efficiency_markdown(means):
   for m, c in means.items():
     lines.append(f'| {m} | ' + ' | '.join(f'{100 * c[n]:.1f}' if n in c else '–' for n in sizes) + ' |')
   return '\n'.join(lines)
-
-
-def rgn_weights(workdir, shift, lr, seed, groups_of):
-  """Auto-RGN weights summed over epochs per tensor, from auto_rgn/<shift>_lr..json.
-  `groups_of(path)` names a tensor's group. Returns (tensors, groups, summed) or None."""
-  path = os.path.join(workdir, 'auto_rgn', f'{shift}_lr{float(lr):g}_seed{seed}.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    data = json.load(f)
-  summed = np.sum(np.asarray(data['weights'], float), axis=0)
-  return data['tensors'], [groups_of(t) for t in data['tensors']], summed
 
 
 def rgn_group_means_markdown(panels, model_groups):
