@@ -222,7 +222,7 @@ def source_variables(config, workdir, spec):
   try:
     if config.get('source_stage'):
       from experiments import source_stage
-      return source_stage.lp_ft_or_load(config, workdir, spec)
+      return source_stage.train_or_load(config, workdir, spec)
     from experiments import pretrain
     return pretrain.pretrain_or_load(config, workdir, spec)
   except KeyboardInterrupt:

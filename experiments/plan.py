@@ -139,6 +139,10 @@ def record_text(record: dict, ids: dict) -> str:
   for field in ('data_dir', 'breeds_info_dir'):
     if field in record:
       record[field] = _portable_path(record[field])
+  for dotted in datasets.where_from_fields():
+    section, field = dotted.split('.', 1)
+    if isinstance(record.get(section), dict) and field in record[section]:
+      record[section] = {**record[section], field: _portable_path(record[section][field])}
   return json.dumps(record, indent=2)
 
 
@@ -155,7 +159,7 @@ def result_fields(config) -> dict:
       elif name not in skip:
         flat[name] = v
 
-  skip = set(NOT_RESULT_FIELDS) | set(registry.grid_fields())
+  skip = set(NOT_RESULT_FIELDS) | set(registry.grid_fields()) | set(datasets.where_from_fields())
 
   fields = json.loads(config.to_json())
   if isinstance(fields.get('model'), dict):

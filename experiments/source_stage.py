@@ -206,7 +206,7 @@ def _val_accuracy(counter, state, dataset, sc, mesh) -> float:
   return hits / max(total, 1.0)
 
 
-def lp_ft_or_load(config, workdir, spec) -> dict:
+def train_or_load(config, workdir, spec) -> dict:
   """The source model's variables: WORKDIR/source_model if there, else trained (resuming
   from WORKDIR/source_stage) and saved there."""
   final = os.path.join(workdir, 'source_model')

@@ -5,7 +5,7 @@ visual tower with a linear classifier. Feed them contiguous NCHW tensors: torch
 2.13's CPU GroupNorm backward segfaults on channels-last inputs that need no gradient.
 
 Their parameters map one to one onto the Flax model's through the checkpoint
-importers' names (`surgery.checkpoints.memo.torch_name` for ResNet-26, each model
+importers' names (`surgery.checkpoints.resnet26_torch.torch_name` for ResNet-26, each model
 module's `torch_key` otherwise), so a Flax trainable mask says which torch parameters
 to tune (`tuned_parameters`): no group is named here.
 """
@@ -13,7 +13,7 @@ import jax
 import torch
 from torch import nn
 
-from surgery.checkpoints.memo import torch_name
+from surgery.checkpoints.resnet26_torch import torch_name
 from surgery.groups import path_str
 
 

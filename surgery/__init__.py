@@ -8,7 +8,7 @@
 from surgery.methods.auto_rgn import AutoRGNState, auto_rgn, is_norm_tensor, relative_grad_norms
 from surgery.errors import CheckpointError, GroupSpecError, SurgeryError
 from surgery.groups import assign_groups, group_names, group_sizes, parse_spec, trainable_mask
-from surgery.optim import apply_updates, base_optimizer, count_params, state_bytes, surgical
+from surgery.optim import base_optimizer, count_params, state_bytes, surgical
 from surgery.train import (TrainState, data_mesh, evaluate, init_train_state, make_predict,
                            make_train_step, shard_batch, replicate)
 

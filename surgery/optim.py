@@ -71,11 +71,6 @@ def surgical(base: optax.GradientTransformation, mask: Any) -> optax.GradientTra
   return optax.partition({TUNE: base, FREEZE: keep_frozen()}, labels)
 
 
-def apply_updates(params: Any, updates: Any) -> Any:
-  """`optax.apply_updates`; kept as a name for callers that stepped with a mask."""
-  return optax.apply_updates(params, updates)
-
-
 def state_bytes(opt_state: Any) -> int:
   """Bytes held by an optimizer state (what freezing saves)."""
   return sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(opt_state)

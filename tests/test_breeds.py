@@ -69,8 +69,8 @@ def test_matches_reference(info_dir, key):
 
 
 def test_seed_changes_rand_split(info_dir):
-  assert breeds.living17(info_dir, seed=3).source != breeds.living17(info_dir).source
-  assert breeds.living17(info_dir, 'good', seed=3) == breeds.living17(info_dir, 'good')
+  assert breeds.make('living17', info_dir, seed=3).source != breeds.make('living17', info_dir).source
+  assert breeds.make('living17', info_dir, 'good', seed=3) == breeds.make('living17', info_dir, 'good')
 
 
 def test_cifar10_subpop():

@@ -8,7 +8,7 @@ import pytest
 
 import surgery
 from surgery import CheckpointError, models, trainable_mask
-from surgery.checkpoints import load_pretrained, load_torch_zip, save_params, state_dict_to_params
+from surgery.checkpoints import load_memo_params, load_torch_zip, save_params, state_dict_to_params
 
 SPEC = models.create('resnet26')
 MODEL = SPEC.module
@@ -23,7 +23,7 @@ def test_memo_logits_match_pytorch(memo_weights, template):
   torch = pytest.importorskip('torch')
   from experiments.torch_reference import TorchResNet26, load_state_dict_numpy
   net = load_state_dict_numpy(TorchResNet26(), load_torch_zip(memo_weights)['net']).eval()
-  params = load_pretrained(memo_weights, template)
+  params = SPEC.load(memo_weights)['params']
   x = np.random.RandomState(0).rand(8, 32, 32, 3).astype(np.float32)
   ours = np.asarray(MODEL.apply({'params': params}, x))
   with torch.no_grad():
@@ -77,17 +77,16 @@ def test_unreadable_file(tmp_path, template, content):
   if content is not None:
     path.write_bytes(content)
   with pytest.raises(CheckpointError):
-    load_pretrained(str(path), template)
+    SPEC.load(str(path))
 
 
 def test_orbax_round_trip_and_mismatch(tmp_path, template):
   path = save_params(str(tmp_path / 'ckpt'), template)
-  restored = load_pretrained(path, template)
+  restored = SPEC.load(path)['params']
   for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(template)):
     np.testing.assert_array_equal(a, b)
-  wide = models.create('resnet26', width=2).init()['params']
   with pytest.raises(CheckpointError, match='wrong shape'):
-    load_pretrained(path, wide)
+    models.create('resnet26', width=2).load(path)
 
 
 def test_memo_on_real_test_images_agrees_with_pytorch(memo_weights, template):
@@ -99,7 +98,7 @@ def test_memo_on_real_test_images_agrees_with_pytorch(memo_weights, template):
   from surgery.data import load_cifar10
   images, labels = load_cifar10('test')
   images, labels = images[::20], labels[::20]  # 500 images, 50 per class
-  params = load_pretrained(memo_weights, template)
+  params = SPEC.load(memo_weights)['params']
   ours = np.asarray(MODEL.apply({'params': params}, images.astype(np.float32) / 255)).argmax(-1)
   net = load_state_dict_numpy(TorchResNet26(), load_torch_zip(memo_weights)['net']).eval()
   x = np.ascontiguousarray(((images / 255.0 - 0.5) / 0.5).astype(np.float32).transpose(0, 3, 1, 2))
@@ -110,11 +109,11 @@ def test_memo_on_real_test_images_agrees_with_pytorch(memo_weights, template):
   assert 0.77 <= np.mean(ours == labels) <= 0.87
 
 
-def test_spec_load_reads_the_memo_file_like_load_pretrained(memo_weights, template):
+def test_spec_load_reads_the_memo_file_like_the_memo_reader(memo_weights, template):
   variables = SPEC.load(memo_weights)
   assert set(variables) == {'params'}
   for a, b in zip(jax.tree_util.tree_leaves(variables['params']),
-                  jax.tree_util.tree_leaves(load_pretrained(memo_weights, template))):
+                  jax.tree_util.tree_leaves(load_memo_params(memo_weights, template))):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 

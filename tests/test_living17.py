@@ -31,7 +31,7 @@ def _write_tree(root, per_split):
   """train/<wnid>/*.JPEG and val/<wnid>/*.JPEG for Living-17's 68 classes; each
   superclass has its own colour so that a few steps can learn something."""
   info = _info_dir()
-  ds = breeds.living17(info)
+  ds = breeds.make('living17', info)
   wnid_of = {i: w for w, i in breeds.Hierarchy(info).class_index.items()}
   rng = np.random.RandomState(0)
   for label, classes in enumerate(ds.source):

@@ -54,7 +54,7 @@ def _spec():
 
 
 def _train(config, workdir):
-  return source_stage.lp_ft_or_load(config, str(workdir), _spec())
+  return source_stage.train_or_load(config, str(workdir), _spec())
 
 
 def _same(a, b):

@@ -1,30 +1,22 @@
 """Checkpoint import (PyTorch zip, read safely) and the project's orbax checkpoints."""
 import os
 
-from surgery.checkpoints.memo import load_memo_params, load_memo_variables, state_dict_to_params
+from surgery.checkpoints.resnet26_torch import (load_memo_params, load_memo_variables,
+                                               state_dict_to_params)
 from surgery.checkpoints.orbax_io import load_params as load_orbax_params
 from surgery.checkpoints.orbax_io import save_params
 from surgery.checkpoints.torch_zip import load_torch_zip
 from surgery.errors import CheckpointError
 
 
-def load_pretrained(path: str, template):
-  """Params from a MEMO/TTT `.pth` file or one of our orbax checkpoint directories."""
-  if os.path.isdir(path):
-    return load_orbax_params(path, template)
-  if os.path.isfile(path):
-    return load_memo_params(path, template)
-  raise CheckpointError(f'checkpoint not found: {path}')
-
-
-def load_variables(path: str, template: dict) -> dict:
-  """Variables shaped like `template` ({'params': ..., 'batch_stats': ...}) from a
-  MEMO/TTT `.pth` file or an orbax directory saved by this project: bare params,
-  {'params', 'model_state'} (pre-training's output) or a variables dict."""
-  if os.path.isfile(path):
-    return load_memo_variables(path, template)
+def load_orbax_variables(path: str, template: dict) -> dict:
+  """Variables shaped like `template` ({'params': ..., 'batch_stats': ...}) from an orbax
+  directory saved by this project, in any of its layouts: bare params, {'params',
+  'model_state'} (pre-training's output) or a variables dict. A model's `load` sends
+  its own file formats elsewhere."""
   if not os.path.isdir(path):
-    raise CheckpointError(f'checkpoint not found: {path}')
+    raise CheckpointError(f'checkpoint not found: {path}' if not os.path.exists(path)
+                          else f'{path} is not an orbax checkpoint directory')
   params = template['params']
   collections = {k: v for k, v in template.items() if k != 'params'}
   layouts = [

@@ -239,22 +239,6 @@ def default_info_dir():
   return os.path.join(data_dir, 'breeds')
 
 
-def living17(info_dir=None, split='rand', seed=DEFAULT_SEED):
-  return make('living17', info_dir, split, seed)
-
-
-def entity30(info_dir=None, split='rand', seed=DEFAULT_SEED):
-  return make('entity30', info_dir, split, seed)
-
-
-def entity13(info_dir=None, split='rand', seed=DEFAULT_SEED):
-  return make('entity13', info_dir, split, seed)
-
-
-def nonliving26(info_dir=None, split='rand', seed=DEFAULT_SEED):
-  return make('nonliving26', info_dir, split, seed)
-
-
 def cifar10_subpop(split='rand', seed=DEFAULT_SEED) -> Breeds:
   """A BREEDS-style shift over CIFAR-10: 5 superclasses of 2 classes, one per side.
 

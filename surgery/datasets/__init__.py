@@ -1,7 +1,9 @@
 """The dataset contract: `ds = surgery.datasets.create(name, config)`.
 
-Each dataset lives in its own module here and defines `create(config, name) -> Dataset`
-(one module may serve several names).
+Each dataset lives in its own module here and defines `create(config, name) -> Dataset`;
+the module serves the names in its `NAMES` (default: its own name), found by listing
+this package (`surgery.discovery`), so a new dataset is one new file. `register(name,
+module_path)` adds one defined outside the package.
 A dataset declares:
 
   ds.num_classes, ds.image_size
@@ -34,33 +36,40 @@ stream through `surgery.data.pipeline` (grain, sharded per host).
 import importlib
 
 from surgery.datasets.metrics import compute_metrics, metric_names  # noqa: F401
+from surgery import discovery
 from surgery.errors import SurgeryError
 
-_REGISTRY = {
-    'cifar10': 'surgery.datasets.cifar10',
-    'cifar10_subpop': 'surgery.datasets.subpop',
-    'living17': 'surgery.datasets.subpop',
-    'entity30': 'surgery.datasets.subpop',
-    'entity13': 'surgery.datasets.subpop',
-    'nonliving26': 'surgery.datasets.subpop',
-    'imagenet_c': 'surgery.datasets.imagenet_c',
-    'waterbirds': 'surgery.datasets.spurious',
-    'celeba': 'surgery.datasets.spurious',
-    'camelyon17': 'surgery.datasets.wilds',
-    'fmow': 'surgery.datasets.wilds',
-}
+_REGISTERED = {}  # name -> module path, added with `register`
+
+
+def _modules() -> dict:
+  return {**discovery.creators(__name__), **_REGISTERED}
 
 
 def names() -> list:
-  return sorted(_REGISTRY)
+  return sorted(_modules())
 
 
 def register(name: str, module_path: str) -> None:
-  _REGISTRY[name] = module_path
+  """Adds a dataset module defined outside this package under `name`."""
+  _REGISTERED[name] = module_path
+
+
+def where_from_fields() -> tuple:
+  """'section.field' of every dataset's fields that say where its data is, not what it
+  is (a module's `SECTION` and `WHERE_FROM`): left out of run fingerprints, like
+  `data_dir`, and written to config.json without a machine's folders."""
+  out = []
+  for path in sorted(set(_modules().values())):
+    module = importlib.import_module(path)
+    section = getattr(module, 'SECTION', '')
+    out += [f'{section}.{f}' for f in getattr(module, 'WHERE_FROM', ()) if section]
+  return tuple(out)
 
 
 def create(name: str, config):
   """Dataset `name` configured from `config` (the fields its module documents)."""
-  if name not in _REGISTRY:
+  path = _modules().get(name)
+  if path is None:
     raise SurgeryError(f'unknown dataset {name!r}; valid: {", ".join(names())}')
-  return importlib.import_module(_REGISTRY[name]).create(config, name)
+  return importlib.import_module(path).create(config, name)

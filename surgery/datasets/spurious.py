@@ -114,6 +114,9 @@ class SpuriousDataset:
     return params
 
 
+NAMES = ('waterbirds', 'celeba')  # the dataset names this module serves
+
+
 def create(config, name: str) -> SpuriousDataset:
   if name not in _KINDS:
     raise SurgeryError(f'unknown spurious-correlation dataset {name!r}')

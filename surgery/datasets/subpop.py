@@ -123,6 +123,9 @@ def _breeds_info_dir(config) -> str:
   return config.get('breeds_info_dir') or breeds.default_info_dir()
 
 
+NAMES = ('cifar10_subpop', 'living17', 'entity30', 'entity13', 'nonliving26')  # the dataset names this module serves
+
+
 def create(config, name: str) -> Subpopulation:
   split = config.get('breeds_split', 'rand')
   if split not in ('rand', 'good'):

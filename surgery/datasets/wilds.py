@@ -176,6 +176,9 @@ class WildsDataset:
     return params
 
 
+NAMES = ('camelyon17', 'fmow')  # the dataset names this module serves
+
+
 def create(config, name: str) -> WildsDataset:
   ds = WildsDataset(name, config)
   # A missing root or metadata file: one line now; the tables are read by shift_names.

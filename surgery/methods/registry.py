@@ -22,12 +22,11 @@ a model knows its groups. `register` adds a method defined outside this package.
 every valid one.
 """
 import dataclasses
-import importlib
-import pkgutil
 from typing import Any, Callable, Optional
 
 import optax
 
+from surgery import discovery
 from surgery.errors import SurgeryError
 
 
@@ -117,14 +116,12 @@ def all_methods() -> dict:
   global _FOUND
   if _FOUND is None:
     found = {}
-    package = importlib.import_module(__package__)
-    for info in pkgutil.iter_modules(package.__path__):
-      module = importlib.import_module(f'{__package__}.{info.name}')
+    for module in discovery.modules(__package__):
       declared = getattr(module, 'METHODS', ()) + ((module.METHOD,) if hasattr(module, 'METHOD')
                                                    else ())
       for m in declared:
         if m.name in found:
-          raise SurgeryError(f'method {m.name!r} is declared twice ({info.name})')
+          raise SurgeryError(f'method {m.name!r} is declared twice ({module.__name__})')
         found[m.name] = m
     _FOUND = found
   every = {**_FOUND, **_REGISTERED}

@@ -31,17 +31,11 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from surgery import discovery
 from surgery.errors import CheckpointError, SurgeryError
 
-# name -> module defining create(); imported on use so a model's dependencies load
-# only when it is picked.
-_REGISTRY = {
-    'resnet26': 'surgery.models.resnet26',
-    'resnet50': 'surgery.models.resnet50',
-    'wrn28_10': 'surgery.models.wrn28_10',
-    'clip_vit_b16': 'surgery.models.clip_vit',
-    'clip_vit_l14': 'surgery.models.clip_vit',
-}
+# Models added with `register` (a user's own, outside this package): name -> module path.
+_REGISTERED = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,21 +75,33 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
+def _modules() -> dict:
+  return {**discovery.creators(__name__), **_REGISTERED}
+
+
 def names() -> list:
-  """Registered model names."""
-  return sorted(_REGISTRY)
+  """Every model name: the modules of this package that define `create` (each serving
+  its `NAMES`, default its own name), then those added with `register`."""
+  return sorted(_modules())
 
 
 def register(name: str, module_path: str) -> None:
-  """Adds a model module (one defining `create(**overrides)`) under `name`."""
-  _REGISTRY[name] = module_path
+  """Adds a model module defined outside this package (one defining
+  `create(**overrides)`) under `name`."""
+  _REGISTERED[name] = module_path
+
+
+def get_module(name: str):
+  """The Python module that declares model `name` (for model-specific helpers)."""
+  path = _modules().get(name)
+  if path is None:
+    raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
+  return importlib.import_module(path)
 
 
 def create(name: str, **overrides) -> ModelSpec:
   """The spec of model `name`; unknown names and overrides are one-line user errors."""
-  if name not in _REGISTRY:
-    raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
-  module = importlib.import_module(_REGISTRY[name])
+  module = get_module(name)
   if hasattr(module, 'VARIANTS'):  # one module, several registered names
     overrides = {'variant': name, **overrides}
   try:
@@ -129,9 +135,3 @@ def _naming_shape_options(spec: ModelSpec):
 def _text(value) -> str:
   return ','.join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
-
-def get_module(name: str):
-  """The Python module that declares model `name` (for model-specific helpers)."""
-  if name not in _REGISTRY:
-    raise SurgeryError(f'unknown model {name!r}; valid: {", ".join(names())}')
-  return importlib.import_module(_REGISTRY[name])

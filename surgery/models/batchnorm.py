@@ -18,7 +18,8 @@ class SelectiveBatchNorm(nn.BatchNorm):
   train: bool = False
   train_layers: Optional[Sequence[str]] = ()
 
-  def __call__(self, x, use_running_average=None, *, mask=None):
+  def __call__(self, x, *, mask=None):
+    # No `use_running_average`: the mode is `train` and `train_layers`, per layer.
     in_train_mode = self.train and (
         self.train_layers is None or '/'.join(self.scope.path) in self.train_layers)
     return super().__call__(x, use_running_average=not in_train_mode, mask=mask)

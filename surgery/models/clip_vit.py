@@ -63,6 +63,7 @@ VARIANTS = {
     'clip_vit_l14': dict(patch_size=14, width=1024, layers=24, heads=16, embed_dim=768,
                          image_size=224),
 }
+NAMES = tuple(VARIANTS)  # the model names this module serves
 
 TABLE7_MAP = 'table7'  # the key of the Table 7 group map in spec.extra_group_maps
 _TABLE7_CHUNKS = 4
@@ -310,10 +311,10 @@ def load(path: str, spec) -> dict:
     CheckpointError: unreadable or unsafe file, or one that does not fit the model
       (every missing or unexpected key and wrong shape is named; nothing loads).
   """
-  from surgery.checkpoints import load_variables
+  from surgery.checkpoints import load_orbax_variables
   from surgery.checkpoints.state_dict import convert, read_state_dict
   if os.path.isdir(path):
-    return load_variables(path, spec.init())
+    return load_orbax_variables(path, spec.init())
   state = _visual_only(read_state_dict(path), path)
   keep_fresh = spec.overrides['new_head'] and 'head.weight' not in state
   return convert(state, _template(spec), torch_key, source=path, model=_describe(spec),

@@ -8,6 +8,7 @@ GroupNorm with 8 groups by default; BatchNorm on request.
 Inputs are float images in [0, 1], NHWC; the model normalises with `mean`/`std`
 (0.5/0.5 for the MEMO weights), so callers never have to remember to.
 """
+import os
 from functools import partial
 from typing import Any, Optional, Sequence
 
@@ -163,5 +164,7 @@ def create(num_classes: int = 10, width: int = 1, depth: int = 26, norm: str = '
 
 def load(path: str, spec) -> dict:
   """Variables from the MEMO/TTT `.pth` file or one of this project's orbax directories."""
-  from surgery.checkpoints import load_variables
-  return load_variables(path, spec.init())
+  from surgery.checkpoints import load_memo_variables, load_orbax_variables
+  if os.path.isdir(path):
+    return load_orbax_variables(path, spec.init())
+  return load_memo_variables(path, spec.init())

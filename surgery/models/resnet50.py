@@ -235,11 +235,11 @@ def load(path: str, spec) -> dict:
     CheckpointError: unreadable or unsafe file, or one that does not fit the model
       (every missing or unexpected key and wrong shape is named; nothing loads).
   """
-  from surgery.checkpoints import load_variables
+  from surgery.checkpoints import load_orbax_variables
   from surgery.checkpoints.state_dict import convert, read_state_dict
   template = _template(spec.module, spec.overrides['new_head'])
   if os.path.isdir(path):
-    return load_variables(path, template)
+    return load_orbax_variables(path, template)
   state = _unwrap(read_state_dict(path), path)
   model = f'resnet50 ({spec.num_classes} classes, width {spec.overrides["width"]})'
   return convert(state, template, torch_key, source=path, model=model,

@@ -189,11 +189,11 @@ def torch_key(flax_path: str) -> tuple:
 def load(path: str, spec) -> dict:
   """Variables (params and batch_stats) from a RobustBench checkpoint, a plain torch
   state dict of this layout, or one of this project's orbax directories."""
-  from surgery.checkpoints import load_variables
+  from surgery.checkpoints import load_orbax_variables
   from surgery.checkpoints.state_dict import convert, read_state_dict
   template = spec.init()
   if os.path.isdir(path):
-    return load_variables(path, template)
+    return load_orbax_variables(path, template)
   state = read_state_dict(path)  # undoes RobustBench's 'state_dict' / 'module.' nesting
   new_head = spec.overrides['new_head']
   if not new_head:

@@ -1,4 +1,5 @@
-"""Import the MEMO / TTT CIFAR ResNet-26 state dict into `surgery.models.ResNet26` variables."""
+"""ResNet-26's torch names (`torch_name`) and the MEMO / TTT `.pth` reader: the CIFAR
+ResNet-26 state dict into `surgery.models.resnet26` variables."""
 import re
 
 from surgery.checkpoints.state_dict import convert, read_state_dict
