@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 import surgery
-from surgery import datasets
+from surgery import datasets, distributed
 from surgery.data.sources import to_arrays
 from surgery.errors import SurgeryError
 from surgery.memo import adapt
@@ -238,14 +238,20 @@ def train_and_evaluate(config, workdir):
   shifts, methods = plan.shifts, plan.methods
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
-  table = store.ResultsCsv(os.path.join(workdir, 'results.csv'))
+  # Every process computes every stream (MEMO adapts one image at a time, on one
+  # device); only the first writes results, streams, checkpoints and reports.
+  primary = distributed.is_primary()
+  table = store.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
   todo = [(s, m) for s in shifts for m in methods if not _done(table, s, m, config.seed)]
   if config.get('report_only'):
     print(f'report only: {len(shifts) * len(methods) - len(todo)} of '
           f'{len(shifts) * len(methods)} planned runs in results.csv')
-    print(write_outputs(workdir, table.rows, plan))
+    if primary:
+      print(write_outputs(workdir, table.rows, plan))
     return table.rows
   check_resume(workdir, table, plan.fingerprint, plan.result_fields, _old_result_fields)
+  distributed.agree('the runs to do', repr(todo))
+  distributed.barrier('read results.csv')
   tuning = plan.tuning
   print(f'{len(shifts) * len(methods)} runs planned, {len(todo)} to go; '
         f'{config.num_images} images per shift'
@@ -254,12 +260,14 @@ def train_and_evaluate(config, workdir):
         f'{"tuned" if tuning else config.steps} step(s). Model {plan.spec.name}.', flush=True)
   # Loaded before config.json is written, so an unusable checkpoint changes nothing.
   variables = plan.spec.load(config.init_checkpoint) if todo else None
-  store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
+  if primary:
+    store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
   if not todo:
-    print(write_outputs(workdir, table.rows, plan))
+    if primary:
+      print(write_outputs(workdir, table.rows, plan))
     return table.rows
 
-  run = _Runner(plan, workdir, variables)
+  run = _Runner(plan, workdir, variables, primary)
   for shift in shifts:
     if not any(t[0] == shift for t in todo):
       continue
@@ -323,15 +331,19 @@ def train_and_evaluate(config, workdir):
                                                     if setting else ''), flush=True)
           out = run.stream(shift, method, x, y, setting)
       correct = np.asarray(out['correct'], bool)
-      _save_stream(workdir, shift, method, config.seed, correct, out['predictions'])
+      if primary:
+        _save_stream(workdir, shift, method, config.seed, correct, out['predictions'])
       rate = out['images_per_second']  # NaN for no adaptation: nothing was adapted
       speed = f'{rate:.3f} images/s{note}' if np.isfinite(rate) else ''
       table.add(dict(row, test_acc=float(correct.mean()), n_test=len(correct),
                      seconds=round(time.time() - start, 1), extra=speed))
       print(f'{shift:16s} {method:24s} accuracy {correct.mean():.4f}'
             + (f' ({speed})' if speed else ''), flush=True)
-      write_outputs(workdir, table.rows, plan)
-  print(write_outputs(workdir, table.rows, plan))
+      if primary:
+        write_outputs(workdir, table.rows, plan)
+      distributed.barrier(f'{shift} {method}')  # the processes go on in step
+  if primary:
+    print(write_outputs(workdir, table.rows, plan))
   return table.rows
 
 
@@ -352,13 +364,13 @@ def _done(table, shift, method, seed):
 class _Runner:
   """The source model and the MEMO streams of one run of the config."""
 
-  def __init__(self, plan, workdir, variables):
-    self.plan, self.workdir, self.config = plan, workdir, plan.config
+  def __init__(self, plan, workdir, variables, primary=True):
+    self.plan, self.workdir, self.config, self.primary = plan, workdir, plan.config, primary
     self.params = variables['params']
     self.model_state = {k: v for k, v in variables.items() if k != 'params'}
     self.model = plan.spec.module
     self.predict = surgery.make_predict(self.model)
-    self.tuning_table = store.ResultsCsv(os.path.join(workdir, 'tuning.csv'))
+    self.tuning_table = store.ResultsCsv(os.path.join(workdir, 'tuning.csv'), write=primary)
     self._compiled = {}
 
   def _optimizer(self, mode, option, setting):
@@ -406,8 +418,9 @@ class _Runner:
 
     def record(setting, out, seconds, shared=1):
       # Per-image predictions of every candidate, so a collapse can be read afterwards.
-      _save_stream(self.workdir, shift, f'{method}_lr{setting.lr:g}_{setting.hparam}',
-                   seed, out['correct'], out['predictions'], folder='tuning')
+      if self.primary:
+        _save_stream(self.workdir, shift, f'{method}_lr{setting.lr:g}_{setting.hparam}',
+                     seed, out['correct'], out['predictions'], folder='tuning')
       self.tuning_table.add(dict(
           shift=shift, method=method, lr=setting.lr, hparam=setting.hparam, seed=seed,
           best_epoch=0, val_acc='', test_acc=out['accuracy'], n_test=len(labels),
@@ -474,7 +487,8 @@ class _Runner:
     key = (f'{name} {" | ".join(str(s or "untuned") for s in settings)} '
            f'seed {self.config.seed} {self.plan.fingerprint}')
     ckpt = memo_tuning.StreamCheckpoint(
-        os.path.join(self.workdir, 'streams', name + '.partial.npz'), key, keep_state=False)
+        os.path.join(self.workdir, 'streams', name + '.partial.npz'), key, keep_state=False,
+        write=self.primary)
     outs = self._adapt_together(images, labels, list(zip(options, settings)), ckpt)
     ckpt.remove()
     return outs
@@ -486,7 +500,7 @@ class _Runner:
     key = f'{name} {setting or "untuned"} seed {self.config.seed} {self.plan.fingerprint}'
     ckpt = memo_tuning.StreamCheckpoint(
         os.path.join(self.workdir, 'streams', name + '.partial.npz'), key,
-        keep_state=mode == 'online')
+        keep_state=mode == 'online', write=self.primary)
     out = self._adapt(images, labels, mode, option, setting, ckpt)
     ckpt.remove()
     return out

@@ -98,12 +98,17 @@ def run_search(stages, score: Callable[[list], list]):
 class StreamCheckpoint:
   """A held-out stream's progress in one .npz (no pickle): the predictions so far and,
   online, the weights and optimizer state reached. `key` names the run it belongs to
-  (shift, setting, fingerprint); a file with another key is ignored, with a message."""
+  (shift, setting, fingerprint); a file with another key is ignored, with a message.
+  With `write=False` (every process but the first of a multi-process run) it only reads:
+  the streams are deterministic, so whichever saved state a process resumes from, it
+  computes the same predictions."""
 
-  def __init__(self, path: str, key: str, keep_state: bool):
-    self.path, self.key, self.keep_state = path, key, keep_state
+  def __init__(self, path: str, key: str, keep_state: bool, write: bool = True):
+    self.path, self.key, self.keep_state, self.write = path, key, keep_state, write
 
   def save(self, done, params, opt_state, predictions):
+    if not self.write:
+      return
     arrays = {'key': np.asarray(self.key), 'done': np.asarray(done),
               'predictions': np.asarray(predictions, np.int32)}
     if self.keep_state:
@@ -134,5 +139,5 @@ class StreamCheckpoint:
     return done, p, s, predictions
 
   def remove(self):
-    if os.path.exists(self.path):
+    if self.write and os.path.exists(self.path):
       os.remove(self.path)

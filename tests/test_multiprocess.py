@@ -26,11 +26,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(flags, workdir, processes, devices, extra=()):
+def _launch(flags, workdir, processes, devices, extra=(), env_extra=None):
   """Starts the run's processes; returns them (process 0 first)."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # conftest's 8 devices
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED='1',
-             SURGERY_CACHE_DIR=os.path.join(os.path.dirname(workdir), 'cache'))
+             SURGERY_CACHE_DIR=os.path.join(os.path.dirname(workdir), 'cache'),
+             **(env_extra or {}))
   cmd = [sys.executable, '-m', 'experiments.main', *flags, f'--workdir={workdir}', *extra]
   if processes > 1:
     port = _free_port()
@@ -43,8 +44,8 @@ def _launch(flags, workdir, processes, devices, extra=()):
   return procs
 
 
-def _run(flags, workdir, processes, devices):
-  procs = _launch(flags, workdir, processes, devices)
+def _run(flags, workdir, processes, devices, env_extra=None):
+  procs = _launch(flags, workdir, processes, devices, env_extra=env_extra)
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -125,6 +126,61 @@ def test_living17_two_processes_match_one_process(tmp_path):
            '--config.source_stage.batch_size=8', '--config.source_stage.workers=0']
   single = _run(flags, str(tmp_path / 'one'), 1, 4)
   _assert_same_rows(_run(flags, str(tmp_path / 'two'), 2, 2), single)
+
+
+# Loaded into each process (PYTHONPATH): logs every file it opens for writing, per process.
+_WRITE_LOGGER = """
+import os, sys
+_log = os.environ['WRITE_LOG'] + '.' + next(
+    (a.split('=', 1)[1] for a in sys.argv if a.startswith('--process_id=')), '0')
+_busy = []
+
+def _hook(event, args):
+  if _busy or event not in ('open', 'os.rename'):
+    return
+  path, writes = args[0], event == 'os.rename'
+  if event == 'open':
+    mode, flags = args[1], args[2]
+    writes = (mode is not None and any(c in str(mode) for c in 'wax+')) or (
+        mode is None and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+  if writes and isinstance(path, (str, bytes, os.PathLike)):
+    _busy.append(1)
+    with open(_log, 'a') as f:
+      f.write(os.fsdecode(path) + '\\n')
+    _busy.pop()
+
+sys.addaudithook(_hook)
+"""
+
+
+def test_memo_two_processes_match_one_process_and_only_the_first_writes(tmp_path):
+  _write_folder(tmp_path / 'data', 'test', 3, 0)
+  source = save_params(str(tmp_path / 'source'), models.create('resnet26', depth=8).init()['params'])
+  flags = ['--config=configs/memo_cifar10c.py', f'--config.data_dir={tmp_path / "data"}',
+           f'--config.init_checkpoint={source}', '--config.model.depth=8',
+           '--config.corruptions=gaussian_noise', '--config.modes=online,episodic',
+           '--config.options=first_layer', '--config.num_images=10', '--config.num_copies=2',
+           '--config.eval_batch_size=10']
+  (tmp_path / 'hook').mkdir()
+  (tmp_path / 'hook' / 'sitecustomize.py').write_text(_WRITE_LOGGER)
+  env = dict(PYTHONPATH=f'{tmp_path / "hook"}{os.pathsep}{REPO}',
+             WRITE_LOG=str(tmp_path / 'writes'))
+  single = _run(flags, str(tmp_path / 'one'), 1, 4)
+  two = _run(flags, str(tmp_path / 'two'), 2, 2, env_extra=env)
+  columns = COMPARED + ('test_acc', 'fingerprint')
+  assert [[r[c] for c in columns] for r in two] == [[r[c] for c in columns] for r in single]
+  assert [r['method'] for r in single] == ['no_adaptation', 'online/first_layer',
+                                           'episodic/first_layer']
+  for name in ('gaussian_noise_online_first_layer', 'gaussian_noise_episodic_first_layer'):
+    for suffix in ('.json', '.predictions.json'):
+      path = os.path.join('streams', name + suffix)
+      assert (tmp_path / 'two' / path).read_bytes() == (tmp_path / 'one' / path).read_bytes()
+  workdir = str(tmp_path / 'two')
+  first = [p for p in open(f'{tmp_path / "writes"}.0').read().split() if p.startswith(workdir)]
+  second = [p for p in open(f'{tmp_path / "writes"}.1').read().split()
+            if p.startswith(workdir)] if os.path.exists(f'{tmp_path / "writes"}.1') else []
+  assert first, 'process 0 wrote nothing into its workdir'
+  assert second == [], second[:5]
 
 
 def test_initialize_is_a_no_op_alone_and_names_missing_settings(monkeypatch):
