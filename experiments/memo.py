@@ -25,11 +25,13 @@ from surgery import datasets, distributed
 from surgery.data.sources import to_arrays
 from surgery.errors import SurgeryError
 from surgery.memo import adapt
+from surgery.methods.baselines import NO_ADAPTATION
 from surgery.optim import BASE_OPTIMIZERS
 from experiments import memo_tuning, paper_tables
 from surgery.report import store, summary
 from surgery.report.fingerprint import fingerprint
-from experiments.plan import as_list, check_resume, config_record, model_spec, result_fields
+from experiments.plan import (ADDED_LATER, as_list, check_resume, config_record, dataset_name,
+                              model_spec, result_fields)
 
 # Run axes: they choose which rows exist (each row's key holds its shift, method and
 # seed), never what a row holds, so a rerun may change them; the fingerprint leaves
@@ -104,10 +106,10 @@ def make_plan(config) -> MemoPlan:
   naming the field on the first bad value."""
   spec = model_spec(config)
   group_map = adapt.memo_group_map(spec)
-  dataset = datasets.create(config.get('dataset', 'cifar10'), config)
+  dataset = datasets.create(dataset_name(config), config)
   if spec.num_classes != dataset.num_classes:
     raise SurgeryError(f'model.num_classes is {spec.num_classes} but dataset '
-                       f'{config.get("dataset", "cifar10")} has {dataset.num_classes} classes')
+                       f'{dataset_name(config)} has {dataset.num_classes} classes')
   if isinstance(config.severity, bool) or config.severity not in (1, 2, 3, 4, 5):
     raise SurgeryError(f'severity must be 1 to 5, got {config.severity!r}')
   # No model groups: parameter-noise shifts start from a perturbed model, which MEMO's
@@ -125,7 +127,7 @@ def make_plan(config) -> MemoPlan:
   if config.get('settings'):
     valid = [f'{m}/{o}' for m in adapt.MODES for o in group_map[1]]
     settings = _names(config, 'settings', valid)
-  methods = (['no_adaptation'] if config.no_adaptation else []) + settings
+  methods = ([NO_ADAPTATION] if config.no_adaptation else []) + settings
   if not methods:
     raise SurgeryError('modes, options: no run asked for (give a mode and an option, or '
                        'no_adaptation=True)')
@@ -190,8 +192,8 @@ def _old_result_fields(config_path):
   with open(config_path) as f:
     old = json.load(f)
   if 'model_depth' in old and 'model' not in old:
-    old['model'] = {'name': 'resnet26', 'depth': old.pop('model_depth')}
-  old.setdefault('dataset', 'cifar10')
+    old['model'] = {'name': ADDED_LATER['model.name'], 'depth': old.pop('model_depth')}
+  old.setdefault('dataset', ADDED_LATER['dataset'])
   return memo_result_fields(ml_collections.ConfigDict(old))
 
 
@@ -296,7 +298,7 @@ def train_and_evaluate(config, workdir):
       row = dict(shift=shift, method=method, lr=0.0, seed=config.seed, best_epoch=0,
                  val_acc='', fingerprint=plan.fingerprint)
       note = ''
-      if method == 'no_adaptation':
+      if method == NO_ADAPTATION:
         preds = surgery.train.predictions(run.predict, run.params, run.model_state, x,
                                           config.eval_batch_size)
         out = {'correct': preds == y, 'predictions': preds,
@@ -586,7 +588,7 @@ def write_outputs(workdir, rows, plan):
              + _speed_markdown(rows, shown)))
   store.atomic_write(os.path.join(workdir, 'summary.md'), text)
   plot_online_stream(workdir, shifts, [m for m in shown if m.startswith('online/')
-                                       or m == 'no_adaptation'], config.seed)
+                                       or m == NO_ADAPTATION], config.seed)
   return text
 
 
@@ -602,11 +604,11 @@ def _paper_markdown(rows, methods, shifts, config):
   lines = [f'Gain over no adaptation (accuracy points), ours / {paper["title"]}; "yes" '
            'where ours is within 3 points of the paper\'s; n/q: a cell not quoted here.', '',
            '| setting | ' + ' | '.join(shifts) + ' |', '|---|' + '---|' * len(shifts)]
-  for m in [m for m in methods if m != 'no_adaptation']:
+  for m in [m for m in methods if m != NO_ADAPTATION]:
     cells = []
     for s in shifts:
       ref = paper['gains'].get(m, {}).get(s)
-      mine, base = ours.get((s, m)), ours.get((s, 'no_adaptation'))
+      mine, base = ours.get((s, m)), ours.get((s, NO_ADAPTATION))
       gain = None if mine is None or base is None else mine - base
       # 'n/q': a cell of the paper's table that we do not have (paper_tables.py).
       cell = ('-' if gain is None else f'{gain:+.1f}') + ' / ' + (
@@ -635,7 +637,7 @@ def _stream_panels(have, shifts, methods):
   """(methods to plot, [(title, shifts averaged)]) for the (shift, method) pairs in
   `have`: a panel per shift with an adapted stream, and first the mean over the shifts
   where every plotted method has one, when there are several."""
-  shown = [sh for sh in shifts if any((sh, m) in have for m in methods if m != 'no_adaptation')]
+  shown = [sh for sh in shifts if any((sh, m) in have for m in methods if m != NO_ADAPTATION)]
   plotted = [m for m in methods if any((sh, m) in have for sh in shown)]
   common = [sh for sh in shown if all((sh, m) in have for m in plotted)]
   panels = [(f'mean over {len(common)} corruptions', common)] if len(common) > 1 else []
@@ -669,7 +671,7 @@ def plot_online_stream(workdir, shifts, methods, seed=0):
         continue
       n = min(len(c) for c in curves)
       mean = np.mean([c[:n] for c in curves], axis=0)
-      style = dict(color='0.4', linestyle='--') if m == 'no_adaptation' else {}
+      style = dict(color='0.4', linestyle='--') if m == NO_ADAPTATION else {}
       ax.plot(np.arange(1, n + 1), 100 * np.cumsum(mean) / np.arange(1, n + 1), label=m, **style)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel('test images seen')

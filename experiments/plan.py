@@ -109,7 +109,7 @@ def content_id(value: str) -> str:
   such an id, empty, or no longer exists (then it differs from any id, by name)."""
   if not value or value.startswith(SHA_PREFIX) or not os.path.exists(value):
     return value
-  from surgery.data.cifar10 import cache_dir
+  from surgery.data.common import cache_dir
   return SHA_PREFIX + content_sha256(value, os.path.join(cache_dir(), 'checksums.json'))
 
 
@@ -203,7 +203,9 @@ def model_options(model_config) -> tuple:
   several models and `--config.model.name` switches between them; sections of other
   models are ignored. The same option in both places is an error.
   """
-  name = model_config.get('name', 'resnet26')
+  name = model_config.get('name')
+  if not name:
+    raise SurgeryError(f'model.name: not set; one of {", ".join(models.names())}')
   sections = set(models.names())
   flat = {k: v for k, v in model_config.items() if k not in _MODEL_FIELDS and k not in sections}
   section = dict(model_config.get(name) or {})
@@ -211,6 +213,14 @@ def model_options(model_config) -> tuple:
   if both:
     raise SurgeryError(f'model.{both[0]} and model.{name}.{both[0]} are both set; keep one')
   return name, {**section, **flat}
+
+
+def dataset_name(config) -> str:
+  """`config.dataset`, which every config names (no default: the runner names none)."""
+  name = config.get('dataset')
+  if not name:
+    raise SurgeryError(f'dataset: not set; one of {", ".join(datasets.names())}')
+  return name
 
 
 def model_spec(config):
@@ -221,10 +231,10 @@ def model_spec(config):
 def make_plan(config) -> Plan:
   """Checks every field of a fine-tuning config and lists its runs."""
   model = model_spec(config)
-  dataset = datasets.create(config.get('dataset', 'cifar10'), config)
+  dataset = datasets.create(dataset_name(config), config)
   if model.num_classes != dataset.num_classes:
     raise SurgeryError(f'model.num_classes is {model.num_classes} but dataset '
-                       f'{config.get("dataset", "cifar10")} has {dataset.num_classes} classes')
+                       f'{dataset_name(config)} has {dataset.num_classes} classes')
   _check_training_fields(config)
   # '' means the dataset's own (worst-group accuracy for the group datasets).
   metric = config.get('select_metric') or getattr(dataset, 'select_metric', 'acc')

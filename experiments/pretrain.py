@@ -20,6 +20,7 @@ from surgery import datasets, distributed
 from surgery.checkpoints import load_orbax_params, save_params
 from surgery.data.sources import to_arrays
 from surgery.io import atomic_write
+from experiments.plan import dataset_name
 
 
 def augment(images, rng):
@@ -66,8 +67,7 @@ def pretrain_or_load(config, workdir, spec) -> dict:
   pc = config.pretrain
   variables = spec.init(pc.get('seed', 0))
   model_state = {k: v for k, v in variables.items() if k != 'params'}
-  dataset_name = config.get('dataset', 'cifar10')
-  train = to_arrays(datasets.create(dataset_name, config).source('train'))
+  train = to_arrays(datasets.create(dataset_name(config), config).source('train'))
   images, labels = train['image'], train['label']
   steps_per_epoch = len(images) // pc.batch_size
   schedule = lr_schedule(pc, steps_per_epoch)
@@ -88,7 +88,7 @@ def pretrain_or_load(config, workdir, spec) -> dict:
     print(f'source model: resuming pre-training after epoch {start}', flush=True)
   state = surgery.replicate(mesh, state)
 
-  print(f'source model: pre-training {spec.name} on {len(images)} {dataset_name} images for '
+  print(f'source model: pre-training {spec.name} on {len(images)} {dataset_name(config)} images for '
         f'{pc.epochs} epochs, SGD lr {pc.lr:g} '
         + (f'x {pc.get("gamma", 0.1):g} at epochs {",".join(map(str, pc.milestones))}'
            if pc.get('milestones') else '(cosine)')

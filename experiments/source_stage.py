@@ -59,6 +59,7 @@ from surgery.data.shm import shared_memory_scope
 from surgery.errors import SurgeryError
 from surgery.io import atomic_write
 from surgery.optim import BASE_OPTIMIZERS
+from experiments.plan import dataset_name
 
 COMMON = ('kind', 'batch_size', 'workers', 'seed', 'checkpoint_every')
 FIELDS = {
@@ -85,7 +86,8 @@ def phases(config, spec) -> list:
   """The stage's phases in order; phases with no epochs are left out."""
   sc = config.source_stage
   if sc.kind == 'lp_ft':
-    head = ','.join(spec.methods[m] for m in spec.head_methods) or 'last'
+    # The model's head methods' groups; without any, its last group in network order.
+    head = ','.join(spec.methods[m] for m in spec.head_methods) or spec.group_names()[-1]
     out = [Phase('head', head, int(sc.head_epochs),
                  lambda steps, lr=float(sc.head_lr): optax.adam(lr), True, False),
            Phase('all', 'all', int(sc.all_epochs),
@@ -216,7 +218,7 @@ def train_or_load(config, workdir, spec) -> dict:
           flush=True)
     return spec.load(final)
   sc = config.source_stage
-  dataset = datasets.create(config.get('dataset'), config)
+  dataset = datasets.create(dataset_name(config), config)
   source = dataset.source('train')
   start = spec.load(config.init_checkpoint)
   params = start['params']

@@ -15,6 +15,7 @@ from surgery.errors import SurgeryError
 from surgery.methods import registry
 from surgery.report import figures, store, summary
 from experiments import finetune
+from experiments import plan as plan_lib
 from experiments.plan import check_resume, config_record, make_plan
 
 
@@ -39,7 +40,7 @@ def train_and_evaluate(config, workdir):
   print(f'{len(plan.runs)} runs planned ({len(plan.shifts)} shift(s) x methods x lrs x '
         f'{len(plan.seeds)} seed(s){_candidates_text(plan)}); {len(plan.runs) - len(todo)} '
         f'already in results.csv, {len(todo)} to go. Model {plan.model.name}, dataset '
-        f'{config.get("dataset", "cifar10")}. Devices: {layout}.', flush=True)
+        f'{plan_lib.dataset_name(config)}. Devices: {layout}.', flush=True)
   _warn_mixed_layouts(table, layout, bool(todo))
   if not todo:
     if primary:

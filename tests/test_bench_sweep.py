@@ -1,7 +1,7 @@
-"""experiments.bench_sweep's FLOP accounting on a depth-8 ResNet-26."""
+"""experiments.bench.sweep's FLOP accounting on a depth-8 ResNet-26."""
 import pytest
 
-from experiments import bench_sweep
+from experiments.bench import sweep as bench_sweep
 from surgery import models
 
 

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from surgery.data import breeds
-from surgery.data.cifar10 import CLASSES, DataNotFoundError
+from surgery.data.common import DataNotFoundError
+from surgery.data.cifar10 import CLASSES
 from surgery.errors import SurgeryError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

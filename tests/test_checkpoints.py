@@ -21,7 +21,7 @@ def template():
 
 def test_memo_logits_match_pytorch(memo_weights, template):
   torch = pytest.importorskip('torch')
-  from experiments.torch_reference import TorchResNet26, load_state_dict_numpy
+  from experiments.bench.torch_reference import TorchResNet26, load_state_dict_numpy
   net = load_state_dict_numpy(TorchResNet26(), load_torch_zip(memo_weights)['net']).eval()
   params = SPEC.load(memo_weights)['params']
   x = np.random.RandomState(0).rand(8, 32, 32, 3).astype(np.float32)
@@ -94,7 +94,7 @@ def test_memo_on_real_test_images_agrees_with_pytorch(memo_weights, template):
   from conftest import data_dir
   if not data_dir():
     pytest.skip('SURGERY_DATA_DIR is not set')
-  from experiments.torch_reference import TorchResNet26, load_state_dict_numpy
+  from experiments.bench.torch_reference import TorchResNet26, load_state_dict_numpy
   from surgery.data import load_cifar10
   images, labels = load_cifar10('test')
   images, labels = images[::20], labels[::20]  # 500 images, 50 per class
@@ -117,7 +117,7 @@ def test_spec_load_reads_the_memo_file_like_the_memo_reader(memo_weights, templa
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
-# The torch modules each method tuned in experiments/bench.py before the map was
+# The torch modules each method tuned in experiments/bench/step.py before the map was
 # derived from the checkpoint importer's names.
 TORCH_MODULES = {'first_layer': ['conv1'], 'block1': ['conv1', 'layer1'], 'block2': ['layer2'],
                  'block3': ['layer3'], 'last': ['bn', 'fc']}
@@ -125,7 +125,7 @@ TORCH_MODULES = {'first_layer': ['conv1'], 'block1': ['conv1', 'layer1'], 'block
 
 def test_torch_reference_tunes_the_same_parameters_as_the_flax_mask(template):
   pytest.importorskip('torch')
-  from experiments.torch_reference import from_spec, tuned_parameters
+  from experiments.bench.torch_reference import from_spec, tuned_parameters
   net = from_spec(SPEC)
   assert from_spec(models.create('resnet26', norm='batch')) is None
   for method, group_spec in SPEC.methods.items():

@@ -113,11 +113,11 @@ def test_fresh_head_unless_the_checkpoint_holds_one(tiny_checkpoints, tmp_path):
 
 
 def test_benchmark_twin_matches_the_flax_model_and_tunes_its_mask(tmp_path):
-  """experiments.torch_reference's CLIP twin: the tower above plus `head`, named so
+  """experiments.bench.torch_reference's CLIP twin: the tower above plus `head`, named so
   the Flax paths map onto it (a checkpoint of it loads whole, head included)."""
   torch = torch_or_skip()
   open_clip_or_skip()
-  from experiments.torch_reference import from_spec, to_input, tuned_parameters
+  from experiments.bench.torch_reference import from_spec, to_input, tuned_parameters
   spec = _tiny_spec()
   torch.manual_seed(0)
   net = from_spec(spec)

@@ -118,7 +118,7 @@ def test_migration_changes_only_the_fingerprint_and_the_rows_resume(tmp_path):
   folder, old_fp = _old_workdir(tmp_path, '/old/machine/weights/memo.pth')
   before = (folder / 'results.csv').read_text()
   env = {**os.environ, 'SURGERY_CACHE_DIR': str(tmp_path / 'cache'), 'PYTHONPATH': REPO}
-  proc = subprocess.run([sys.executable, '-m', 'experiments.migrate_fingerprints',
+  proc = subprocess.run([sys.executable, '-m', 'experiments.tools.migrate_fingerprints',
                          f'--checkpoint={weights}', str(tmp_path / 'results')],
                         env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -135,7 +135,7 @@ def test_migration_changes_only_the_fingerprint_and_the_rows_resume(tmp_path):
   now = _config(weights)
   check_resume(str(folder), table, _fp(now), result_fields(now))
   # Run again, it finds nothing to do.
-  again = subprocess.run([sys.executable, '-m', 'experiments.migrate_fingerprints',
+  again = subprocess.run([sys.executable, '-m', 'experiments.tools.migrate_fingerprints',
                           f'--checkpoint={weights}', str(tmp_path / 'results')],
                          env=env, capture_output=True, text=True, timeout=120)
   assert again.returncode == 0 and 'nothing to do' in again.stdout
@@ -149,7 +149,7 @@ def test_migration_refuses_rows_of_another_fingerprint(tmp_path):
   text = (folder / 'results.csv').read_text().replace(old_fp, 'abcdefabcdef', 1)
   (folder / 'results.csv').write_text(text)
   env = {**os.environ, 'SURGERY_CACHE_DIR': str(tmp_path / 'cache'), 'PYTHONPATH': REPO}
-  proc = subprocess.run([sys.executable, '-m', 'experiments.migrate_fingerprints',
+  proc = subprocess.run([sys.executable, '-m', 'experiments.tools.migrate_fingerprints',
                          f'--checkpoint={weights}', str(tmp_path / 'results')],
                         env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1 and 'abcdefabcdef' in proc.stderr

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from surgery.data import imagenet, transforms
-from surgery.data.cifar10 import DataNotFoundError
+from surgery.data.common import DataNotFoundError
 from surgery.data.imagenet import (ImageFolderSource, TfdsImagenetSource, imagenet_source,
                                    label_of_groups, locate_imagenet)
 from surgery.data.transforms import EvalTransform, TrainTransform, eval_crop, train_crop

@@ -16,7 +16,7 @@ from PIL import Image
 from configs import imagenet_c as imagenet_c_config
 from surgery import datasets
 from surgery.data import imagenet_c
-from surgery.data.cifar10 import DataNotFoundError
+from surgery.data.common import DataNotFoundError
 from surgery.data.transforms import EvalTransform
 from surgery.datasets.imagenet_c import ALEXNET_ERRORS, corruption_error, mce
 from surgery.errors import SurgeryError

@@ -375,7 +375,7 @@ def test_stage1_pretrains_saves_and_reloads(tiny, capsys):
 
 
 def test_merge_results_of_parallel_sweeps(tmp_path):
-  from experiments.merge_results import merge
+  from experiments.tools.merge_results import merge
   from surgery.report.store import ResultsCsv
   a, b = tmp_path / 'a', tmp_path / 'b'
   row = dict(shift='snow', method='all', lr=1e-3, seed=0, best_epoch=3, val_acc=0.5, test_acc=0.6)
@@ -393,7 +393,7 @@ def test_merge_results_of_parallel_sweeps(tmp_path):
 
 
 def test_merge_results_carries_memo_tuning_rows_and_streams(tmp_path):
-  from experiments.merge_results import merge
+  from experiments.tools.merge_results import merge
   from surgery.report.store import ResultsCsv
   a, b = tmp_path / 'a', tmp_path / 'b'
   row = dict(shift='fog', method='online/all', lr=5e-4, hparam='steps=1 wd=0', seed=0,

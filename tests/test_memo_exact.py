@@ -11,7 +11,7 @@ from PIL import Image
 from configs import memo_exact
 from experiments import memo as runner
 from experiments import memo_tuning
-from experiments.cifar10_jpeg_twin import write_twin
+from experiments.tools.cifar10_jpeg_twin import write_twin
 from surgery.data import load_cifar10
 from surgery.errors import SurgeryError
 
@@ -71,7 +71,7 @@ def test_twin_refuses_a_wrong_pairing_and_writes_nothing(tmp_path):
                     reason='needs ../shared/data/cifar10_exact and cifar10')
 def test_the_shared_jpeg_copy_pairs_with_the_exact_images(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.cifar10_jpeg_twin',
+      [sys.executable, '-m', 'experiments.tools.cifar10_jpeg_twin',
        f'--exact={SHARED_DATA}/cifar10_exact', f'--jpeg={SHARED_DATA}/cifar10',
        f'--out={tmp_path / "twin"}'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -101,7 +101,7 @@ def test_unbalanced_tuning_and_held_out_streams_cover_the_1017_images():
 
 def test_side_by_side_gain_has_the_paired_standard_error(tmp_path):
   import json
-  from experiments import memo_compare
+  from experiments.tools import memo_compare
   from surgery.report import store
   none = [1, 0, 0, 1, 0, 1, 0, 0]
   first = [1, 1, 0, 1, 1, 1, 0, 1]  # gains 3 images, loses none

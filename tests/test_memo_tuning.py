@@ -342,7 +342,7 @@ def test_episodic_held_out_streams_share_a_pass_equal_one_by_one_and_resume(tiny
 
 
 def test_tuning_baseline_scores_the_source_model_on_the_runners_tuning_images(tiny):
-  from experiments.memo_tuning_baseline import baseline
+  from experiments.tools.memo_tuning_baseline import baseline
   config, _ = tiny
   (shift, seed, acc, top, share), = baseline(config, [0])
   plan = runner.make_plan(config)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from experiments import tiny_imagenet
+from experiments.tools import tiny_imagenet
 from surgery.errors import SurgeryError
 
 SHARED_BREEDS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

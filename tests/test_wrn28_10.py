@@ -1,6 +1,6 @@
 """RobustBench's WideResNet-28-10: torch equivalence, safe and strict loading, surgery.
 
-The torch reference (`experiments.torch_reference.TorchWideResNet`, also the
+The torch reference (`experiments.bench.torch_reference.TorchWideResNet`, also the
 benchmark's twin) is written from the architecture's description, independently of
 the Flax model and not imported from RobustBench, so a shared misreading would have
 to be made twice.
@@ -43,7 +43,7 @@ def _one_line(error):
 def _torch_wrn(torch, depth, widen, num_classes=10):
   """The WideResNet as torch modules with RobustBench's names (the benchmark's twin),
   random weights and randomised running statistics, in eval mode."""
-  from experiments.torch_reference import TorchWideResNet
+  from experiments.bench.torch_reference import TorchWideResNet
   nn = torch.nn
   torch.manual_seed(0)
   net = TorchWideResNet(depth, widen, num_classes)
@@ -95,7 +95,7 @@ TORCH_MODULES = {'all': [''], 'first_layer': ['conv1.'], 'block1': ['conv1.', 'b
 
 def test_benchmark_twin_tunes_what_the_flax_mask_tunes():
   torch_or_skip()
-  from experiments.torch_reference import TorchWideResNet, from_spec, tuned_parameters
+  from experiments.bench.torch_reference import TorchWideResNet, from_spec, tuned_parameters
   spec = models.create('wrn28_10', depth=10, widen=2, num_classes=7)
   net = from_spec(spec)
   assert isinstance(net, TorchWideResNet) and not net.training

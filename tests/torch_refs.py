@@ -3,7 +3,7 @@
 PyPI's torchvision wheel is built against the CUDA torch; beside the CPU torch these
 machines use, its compiled ops do not load and `import torchvision` fails with
 "operator torchvision::nms does not exist". Its pure-Python models only need the two op
-schemas its meta registrations refer to, so `experiments.torch_reference.
+schemas its meta registrations refer to, so `experiments.bench.torch_reference.
 import_torchvision` declares them before a second import attempt. Where torchvision
 matches torch, the plain import succeeds and nothing is declared.
 """
@@ -16,7 +16,7 @@ def torch_or_skip():
 
 def torchvision_or_skip():
   torch_or_skip()
-  from experiments.torch_reference import import_torchvision
+  from experiments.bench.torch_reference import import_torchvision
   try:
     return import_torchvision()
   except ImportError:

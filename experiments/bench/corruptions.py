@@ -1,6 +1,6 @@
 """Time each CIFAR-10-C corruption on the CIFAR-10 test images.
 
-    python -m experiments.bench_corruptions [--n 10000] [--severity 3] [--repeats 3]
+    python -m experiments.bench.corruptions [--n 10000] [--severity 3] [--repeats 3]
 
 Prints a table of median seconds per corruption and their total; the last line is a
 JSON object with the same numbers. The budget this tracks: all 19 corruptions at

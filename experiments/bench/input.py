@@ -1,6 +1,6 @@
 """Images/s of ImageNet input preprocessing per core: decode + crop to 224, with and without draft.
 
-    python -m experiments.bench_input [--images 100] [--size WxH] [--rounds 5] [--workers K]
+    python -m experiments.bench.input [--images 100] [--size WxH] [--rounds 5] [--workers K]
 
 Writes its own photo-like JPEGs (multi-scale noise, quality 90: about 110 KB at 500x375,
 like ImageNet's photos, whose mean is near 400x350) as an ILSVRC folder tree in a temp

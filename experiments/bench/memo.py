@@ -1,6 +1,6 @@
 """MEMO throughput: adapted test images per second for each freezing option.
 
-    python -m experiments.bench_memo [--model resnet26] [--images 30] [--rounds 3] [--copies 32]
+    python -m experiments.bench.memo [--model resnet26] [--images 30] [--rounds 3] [--copies 32]
         [--flax_group_norm]
 
 One compiled adapt-then-predict call per image (32 augmented copies, one step), on

@@ -1,6 +1,6 @@
 """Where ResNet-26's step time goes: its convolutions and GroupNorm, JAX against torch.
 
-    python -m experiments.bench_ops [--batch 64] [--rounds 15]
+    python -m experiments.bench.ops [--batch 64] [--rounds 15]
 
 Every distinct 3x3 convolution of ResNet-26 (input size, channels in -> out, stride) is
 timed forward, as the input gradient and as the filter gradient, and GroupNorm (8

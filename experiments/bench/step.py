@@ -5,7 +5,7 @@
 
 For each method (the model's surgical methods, then auto_rgn) it reports the median
 step time, the optimizer-state bytes and, when torch is installed and the model has a
-torch twin (`experiments.torch_reference.from_spec`), the same step in PyTorch
+torch twin (`experiments.bench.torch_reference.from_spec`), the same step in PyTorch
 (freezing by requires_grad=False), measured in alternating rounds in this one process
 so machine noise hits both alike. The last line printed is one JSON object with every
 figure.
@@ -79,7 +79,7 @@ def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
   import contextlib
 
   import torch
-  from experiments.torch_reference import from_spec, to_input, tuned_parameters
+  from experiments.bench.torch_reference import from_spec, to_input, tuned_parameters
   torch.manual_seed(0)
   device = _torch_device()
   bf16 = spec.overrides.get('dtype') == 'bfloat16'
@@ -151,7 +151,7 @@ def main(argv=None):
   if not args.no_torch:
     try:
       import torch
-      from experiments import torch_reference
+      from experiments.bench import torch_reference
       torch_version = torch.__version__ if torch_reference.from_spec(spec) is not None else None
     except ImportError:
       pass

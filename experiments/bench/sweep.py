@@ -1,6 +1,6 @@
 """What a Cross-Val sweep must compute, in XLA's FLOP count, against one `all` run.
 
-    python -m experiments.bench_sweep [--model resnet26] [--epochs 15] [--lrs 3]
+    python -m experiments.bench.sweep [--model resnet26] [--epochs 15] [--lrs 3]
 
 Counts, from the compiled programs (`cost_analysis()`), the work one fine-tuning run of
 each surgical option does as `experiments.finetune` runs it: `epochs` x steps per epoch

@@ -1,7 +1,7 @@
 """The JPEG copy of the exact CIFAR-10 test images we have: the same images, the same
 order, JPEG pixels (issue 28: MEMO on exact pixels against the JPEG copy, side by side).
 
-    python -m experiments.cifar10_jpeg_twin --exact=../shared/data/cifar10_exact \\
+    python -m experiments.tools.cifar10_jpeg_twin --exact=../shared/data/cifar10_exact \\
         --jpeg=../shared/data/cifar10 --out=workdir/cifar10_jpeg_twin
 
 `--exact` holds `test/<class>/<index>.png`, `<index>` being the image's position in the

@@ -1,7 +1,7 @@
 """Accuracy of a source checkpoint on a dataset's target set (clean or shifted).
 
-    python -m experiments.evaluate --checkpoint=../shared/weights/memo_resnet26_gn_cifar10.pth
-    python -m experiments.evaluate --checkpoint=... --corruption=gaussian_noise --severity=5
+    python -m experiments.tools.evaluate --checkpoint=../shared/weights/memo_resnet26_gn_cifar10.pth
+    python -m experiments.tools.evaluate --checkpoint=... --corruption=gaussian_noise --severity=5
 
 The model comes from `surgery.models.create(--model, depth=..., ...)` and reads the
 checkpoint with `spec.load`; the images from the dataset contract's target pool of the

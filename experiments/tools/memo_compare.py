@@ -3,7 +3,7 @@ JPEG copy): per corruption and setting, accuracy, the gain over no adaptation wi
 paired standard error, the share of the most predicted class, and the paper's Table 9
 gain where we have it.
 
-    python -m experiments.memo_compare --markdown=results/memo_exact/summary.md \\
+    python -m experiments.tools.memo_compare --markdown=results/memo_exact/summary.md \\
         exact=results/memo_exact/exact jpeg=results/memo_exact/jpeg
 
 The gain's standard error is paired: both are read on the same held-out stream, image by

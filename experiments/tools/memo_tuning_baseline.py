@@ -1,7 +1,7 @@
 """No adaptation on each corruption's MEMO tuning images: the score a tuning stream must
 beat, and the source model's most-predicted class there.
 
-    python -m experiments.memo_tuning_baseline --config=configs/memo_paper.py \
+    python -m experiments.tools.memo_tuning_baseline --config=configs/memo_paper.py \
         --config.init_checkpoint=../shared/weights/memo_resnet26_gn_cifar10.pth --seeds=0,1
 
 The tuning images are the ones the runner draws (`experiments.memo.tuning_split`) for

@@ -1,7 +1,7 @@
 """Merge the workdirs of sweeps run in parallel (e.g. corruptions split across
 processes or hosts) into one workdir.
 
-    python -m experiments.merge_results --into=workdir/a workdir/b [workdir/c ...]
+    python -m experiments.tools.merge_results --into=workdir/a workdir/b [workdir/c ...]
 
 Rows of results.csv (and of a MEMO sweep's tuning.csv) are keyed by (shift, method, lr,
 hparam, seed); a run present in several workdirs must have the same result in each.

@@ -1,7 +1,7 @@
 """One-off migration: results folders made while `init_checkpoint` entered the run
 fingerprint as a path now carry it by content (`experiments.plan.CONTENT_FIELDS`).
 
-    python -m experiments.migrate_fingerprints \\
+    python -m experiments.tools.migrate_fingerprints \\
         --checkpoint=../shared/weights/memo_resnet26_gn_cifar10.pth results
 
 For every folder under the given roots with a config.json whose `init_checkpoint` is a

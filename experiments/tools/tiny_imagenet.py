@@ -2,7 +2,7 @@
 CPU trial of configs/living17.py and configs/entity30.py (README, "Try it on a CPU
 first").
 
-    python -m experiments.tiny_imagenet --dataset=living17 --tree=/tmp/tiny/imagenet \\
+    python -m experiments.tools.tiny_imagenet --dataset=living17 --tree=/tmp/tiny/imagenet \\
         --model_out=/tmp/tiny/resnet50_w8 [--imagenet=/data/imagenet]
 
 `--tree` gets train/<wnid>/*.JPEG and val/<wnid>/*.JPEG for every class the dataset uses

@@ -38,7 +38,7 @@ from typing import List, NamedTuple, Optional
 
 import numpy as np
 
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
+from surgery.data.common import DATA_DIR_ENV, DataNotFoundError
 from surgery.errors import SurgeryError
 
 FILES = ('class_hierarchy.txt', 'node_names.txt', 'dataset_class_info.json')

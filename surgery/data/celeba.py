@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from surgery.data import tfds_records
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
+from surgery.data.common import DATA_DIR_ENV, DataNotFoundError
 from surgery.data.imagenet import _has_format, _tfds_versions
 from surgery.data.sources import _index_in
 from surgery.data.image_table import ImageTable, int_column, read_csv

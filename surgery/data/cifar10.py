@@ -17,14 +17,14 @@ import hashlib
 import importlib
 import os
 import pickle
-import warnings
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
+from surgery.data.common import (DATA_DIR_ENV, DataNotFoundError, cache_dir,  # noqa: F401
+                                 cached_arrays)
 from surgery.errors import SurgeryError
-from surgery.io import atomic_write
 
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
            'truck')
@@ -32,40 +32,9 @@ SPLITS = ('train', 'test')
 IMAGE_SHAPE = (32, 32, 3)
 FOLDER_NAME = 'cifar10'
 BATCHES_NAME = 'cifar-10-batches-py'
-DATA_DIR_ENV = 'SURGERY_DATA_DIR'
-CACHE_DIR_ENV = 'SURGERY_CACHE_DIR'
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.webp')
 _BATCH_FILES = {'train': tuple(f'data_batch_{i}' for i in range(1, 6)), 'test': ('test_batch',)}
 _CACHE_VERSION = 1  # bump when the cached arrays' meaning changes
-
-
-class DataNotFoundError(SurgeryError):
-  """No copy of a dataset was found; the message says where we looked."""
-
-
-# ------------------------------------------------------------------------ cache
-
-def cache_dir(explicit=None):
-  return os.path.abspath(os.path.expanduser(
-      explicit or os.environ.get(CACHE_DIR_ENV) or os.path.join('~', '.cache', 'surgery')))
-
-
-def save_npz_atomic(path, **arrays):
-  """Write an .npz so that readers never see a partial file."""
-  atomic_write(path, lambda f: np.savez(f, **arrays), mode='wb')
-
-
-def cached_arrays(path, build: Callable[[], dict]):
-  """The arrays stored at `path`, building and saving them first if absent."""
-  if os.path.isfile(path):
-    with np.load(path, allow_pickle=False) as stored:
-      return {k: stored[k] for k in stored.files}
-  arrays = build()
-  try:
-    save_npz_atomic(path, **arrays)
-  except OSError as e:  # a read-only cache costs time, not correctness
-    warnings.warn(f'could not write cache {path}: {e}')
-  return arrays
 
 
 # --------------------------------------------------------------- image folders

@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from surgery.data.cifar10 import DataNotFoundError
+from surgery.data.common import DataNotFoundError
 from surgery.errors import SurgeryError
 
 

@@ -41,7 +41,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError, cache_dir, cached_arrays
+from surgery.data.common import DATA_DIR_ENV, DataNotFoundError, cache_dir, cached_arrays
 from surgery.data import tfds_records
 from surgery.data.sources import _index_in
 from surgery.errors import SurgeryError

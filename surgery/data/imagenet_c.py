@@ -37,7 +37,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
+from surgery.data.common import DATA_DIR_ENV, DataNotFoundError
 from surgery.data.imagenet import (IMAGE_SUFFIXES, ImageFolderSource, TfdsImagenetSource,
                                    _has_format, _lookup, _tfds_versions, list_split)
 from surgery.errors import SurgeryError

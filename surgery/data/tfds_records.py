@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from surgery.data.cifar10 import DataNotFoundError, cache_dir, cached_arrays
+from surgery.data.common import DataNotFoundError, cache_dir, cached_arrays
 
 _CACHE_VERSION = 1
 _SCAN_CHUNK = 1024

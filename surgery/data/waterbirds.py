@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
+from surgery.data.common import DATA_DIR_ENV, DataNotFoundError
 from surgery.data.image_table import ImageTable, int_column, read_csv
 
 FOLDERS = ('waterbird_complete95_forest2water2', 'waterbirds_v1.0')

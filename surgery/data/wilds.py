@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from surgery.data.cifar10 import DATA_DIR_ENV, DataNotFoundError
+from surgery.data.common import DATA_DIR_ENV, DataNotFoundError
 from surgery.data.image_table import ImageTable, csv_rows
 from surgery.errors import SurgeryError
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from surgery.corruptions import CORRUPTIONS
+from surgery.datasets.common import split_names
 from surgery.data import corrupted_test_set, load_cifar10, target_split
 from surgery.data.sources import ArraySource, to_arrays
 from surgery.errors import SurgeryError
@@ -36,13 +37,6 @@ class Shift(NamedTuple):
   name: str  # as written in results.csv
   base: str
   tune_size: Optional[int]  # None: tune_per_class per class
-
-
-def split_names(value) -> list:
-  """Names from a tuple or a comma string; tuple items may hold commas too (the
-  command line's `--config.corruptions=snow,fog` arrives as ('snow,fog',))."""
-  items = value if isinstance(value, (list, tuple)) else [value or '']
-  return [t.strip() for item in items for t in str(item).split(',') if t.strip()]
 
 
 class Cifar10:

@@ -40,14 +40,14 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from surgery.data import target_split
-from surgery.data.cifar10 import DATA_DIR_ENV
+from surgery.data.common import DATA_DIR_ENV
 from surgery.data.imagenet_c import (CORRUPTIONS, LAYOUTS, NUM_CLASSES, check_corruption,
                                      imagenet_c_root, imagenet_c_source, locate_imagenet_c,
                                      read_class_index)
 from surgery.data.sources import LazyImages
 from surgery.data.splits import TargetSplit
 from surgery.data.transforms import EvalTransform
-from surgery.datasets.cifar10 import split_names
+from surgery.datasets.common import split_names
 from surgery.datasets.imagenet_images import Decoded
 from surgery.errors import SurgeryError
 

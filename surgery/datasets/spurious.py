@@ -41,7 +41,7 @@ from surgery.data import celeba, target_split, waterbirds
 from surgery.data.resize_crop import ResizeCrop
 from surgery.data.sources import LazyImages
 from surgery.data.transforms import TrainTransform
-from surgery.datasets.cifar10 import split_names
+from surgery.datasets.common import split_names
 from surgery.datasets.metrics import GROUP_METRICS
 from surgery.errors import SurgeryError
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from surgery.data import breeds, load_cifar10, target_split
 from surgery.data.sources import ArraySource, to_arrays
-from surgery.datasets.cifar10 import split_names
+from surgery.datasets.common import split_names
 from surgery.errors import SurgeryError
 
 BREEDS_NAMES = tuple(breeds.DATASETS)

@@ -56,7 +56,7 @@ from surgery.data.resize_crop import ResizeCrop
 from surgery.data.sources import LazyImages
 from surgery.data.splits import TargetSplit
 from surgery.data.transforms import TrainTransform
-from surgery.datasets.cifar10 import split_names
+from surgery.datasets.common import split_names
 from surgery.datasets.metrics import metric_names
 from surgery.errors import SurgeryError
 
