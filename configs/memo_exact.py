@@ -1,7 +1,7 @@
 """MEMO on the exact pixels of the first 1,017 CIFAR-10 test images, against their JPEG
 copy (issue 28): `memo_paper`'s protocol and search, scaled to 1,017 images.
 
-    python -m experiments.cifar10_jpeg_twin --exact=../shared/data/cifar10_exact \
+    python -m experiments.tools.cifar10_jpeg_twin --exact=../shared/data/cifar10_exact \
         --jpeg=../shared/data/cifar10 --out=workdir/cifar10_jpeg_twin
     python -m experiments.main --config=configs/memo_exact.py:exact \
         --workdir=workdir/memo_exact/exact

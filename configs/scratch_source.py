@@ -10,7 +10,7 @@ weight decay 5e-4 (added to the gradient), batch 128, 75 epochs, the lr times 0.
 epochs 50 and 65, random 4-pixel-padded crops and flips. It resumes after the last
 finished epoch, saves WORKDIR/source_model (orbax), and writes one row: the model's
 accuracy on the clean JPEG test images outside the first seed's tune/validation split
-(8,900). `python -m experiments.evaluate --checkpoint=WORKDIR/source_model` gives it on
+(8,900). `python -m experiments.tools.evaluate --checkpoint=WORKDIR/source_model` gives it on
 all 10,000. About 150 s an epoch on 2 CPU cores, so about 3 hours; minutes on a GPU.
 Then the CIFAR-10-C table from it:
 
