@@ -292,8 +292,15 @@ def read_result_fields(config_path: str) -> dict:
   """The result fields of a workdir's config.json, by `result_fields`' rules; a field
   added later (`added_later`) that it lacks reads as the value that ran before it."""
   with open(config_path) as f:
-    fields = result_fields(ml_collections.ConfigDict(json.load(f)))
-  return {**added_later(), **fields}
+    record = json.load(f)
+  for dotted, value in added_later().items():
+    *sections, field = dotted.split('.')
+    node = record
+    for section in sections:  # a section the file lacks altogether stays absent
+      node = node.get(section) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(field, value)
+  return result_fields(ml_collections.ConfigDict(record))
 
 
 def added_later() -> dict:

@@ -5,7 +5,7 @@ processes or hosts) into one workdir.
 
 Rows of results.csv (and of a MEMO sweep's tuning.csv) are keyed by (shift, method, lr,
 hparam, seed); a run present in several workdirs must have the same result in each.
-The per-run files are copied too: Auto-RGN weights, and MEMO's per-image streams
+The per-run files are copied too: each method's `records_folder` (Auto-RGN's weights), and MEMO's per-image streams
 (`streams/`, `tuning/`; a stream's unfinished `.partial.npz` stays behind). A file
 present on both sides must be identical. On any conflict nothing is written.
 Afterwards, rerun the sweep's command on the merged workdir: every run is found
@@ -20,7 +20,14 @@ import sys
 from surgery.report.store import ResultsCsv, row_key
 
 TABLES = ('results.csv', 'tuning.csv')  # tuning.csv: MEMO's tuning streams
-FOLDERS = ('auto_rgn', 'streams', 'tuning')
+MEMO_FOLDERS = ('streams', 'tuning')  # MEMO's per-image streams
+
+
+def _folders() -> list:
+  """The workdir folders of per-run files: each method's records, MEMO's streams."""
+  from surgery.methods import registry
+  return [m.records_folder for m in registry.all_methods().values()
+          if m.records_folder] + list(MEMO_FOLDERS)
 UNFINISHED = '.partial.npz'  # a stream checkpoint, only meaningful to its own process
 
 
@@ -51,7 +58,7 @@ def _new_files(into: str, sources):
   """(source file, target file) for every per-run file `into` lacks."""
   copies, seen = [], {}
   for src in sources:
-    for folder in FOLDERS:
+    for folder in _folders():
       base = os.path.join(src, folder)
       if not os.path.isdir(base):
         continue

@@ -199,8 +199,11 @@ def _epoch_weights(opt_state):
   return None if rgn is None else jax.device_get(rgn.weights)
 
 
+FOLDER = 'auto_rgn'  # WORKDIR/auto_rgn/<shift>_lr<lr>_seed<seed>.json
+
+
 def _weights_path(workdir, shift, lr, seed):
-  return os.path.join(workdir, 'auto_rgn', f'{shift}_lr{float(lr):g}_seed{seed}.json')
+  return os.path.join(workdir, FOLDER, f'{shift}_lr{float(lr):g}_seed{seed}.json')
 
 
 def _save_weights(workdir, run, per_epoch):
@@ -254,4 +257,5 @@ METHOD = Method(
     defaults=dict(refresh='epoch', window=5, exclude_norm=True, reset_inner=False),
     # Rows made before `reset_inner` existed kept Adam's state across refreshes.
     added_later=dict(reset_inner=False),
-    epoch_record=_epoch_weights, save_records=_save_weights, report=_report, order=100)
+    epoch_record=_epoch_weights, save_records=_save_weights, records_folder=FOLDER,
+    report=_report, order=100)

@@ -11,8 +11,8 @@ runner needs to know about it:
     `grid_field` is swept beside the lr (values named `hparam`, chosen on validation
     like the lr); `added_later` gives, for settings added after results were made, the
     value that reproduces what ran before them (a config.json without them reads so);
-  - what it leaves beside its rows (`epoch_record`, `save_records`) and the summary
-    section made from them (`report`);
+  - what it leaves beside its rows (`epoch_record`, `save_records` into
+    `records_folder`) and the summary section made from them (`report`);
   - `evaluate_only` (no training: no adaptation) or `select` (not a run but a choice
     over other runs, `candidates`: Cross-Val).
 
@@ -84,6 +84,7 @@ class Method:
   candidates: Optional[Callable[[Any], list]] = None  # (model spec) -> method names
   epoch_record: Optional[Callable[[Any], Any]] = None  # (opt_state) -> kept per epoch
   save_records: Optional[Callable] = None  # (workdir, run, records) after a run
+  records_folder: str = ''  # where in the workdir save_records writes (one file per run)
   report: Optional[Callable[[ReportContext], list]] = None  # -> summary.md lines
   order: float = 100.0  # place in the canonical method order (< 10: before surgical)
 
