@@ -412,8 +412,7 @@ class _Runner:
 
     def saved(setting):
       for r in self.tuning_table.rows:
-        if (store.row_key(r) == store.run_key(shift, method, setting.lr, seed,
-                                                           setting.hparam)
+        if (store.row_key(r) == store.run_key(shift, method, setting.lr, seed, setting.hparam)
             and r.get('fingerprint') == fp):
           return float(r['test_acc'])
       return None
@@ -521,8 +520,7 @@ def _save_stream(workdir, shift, method, seed, correct, predictions, folder='str
   reads); .predictions.json beside it: the predicted classes."""
   path = os.path.join(workdir, folder, _stream_name(shift, method, seed))
   store.atomic_write(path + '.json', json.dumps([int(c) for c in correct]))
-  store.atomic_write(path + '.predictions.json',
-                           json.dumps([int(p) for p in predictions]))
+  store.atomic_write(path + '.predictions.json', json.dumps([int(p) for p in predictions]))
 
 
 def load_stream(workdir, shift, method, seed, what=''):
@@ -682,5 +680,5 @@ def plot_online_stream(workdir, shifts, methods, seed=0):
   fig.suptitle('MEMO online: running accuracy along the stream')
   fig.tight_layout()
   store.atomic_write(os.path.join(workdir, 'online_accuracy.png'),
-                           lambda f: fig.savefig(f, format='png', dpi=100), mode='wb')
+                     lambda f: fig.savefig(f, format='png', dpi=100), mode='wb')
   plt.close(fig)

@@ -176,11 +176,11 @@ def write_outputs(workdir, rows, plan):
   from experiments import source_stage  # lazily, as plan and finetune import it
   extra = source_stage.summary_lines(workdir)
   text, table = summary.markdown_summary(rows, shown, shifts, title, metric=metric,
-                                             also=getattr(plan.dataset, 'metrics', ()),
-                                             notes='\n\n'.join(notes))
+                                         also=getattr(plan.dataset, 'metrics', ()),
+                                         notes='\n\n'.join(notes))
   if shown:
     summary.plot_accuracy_by_method(table, shown, shifts,
-                                        os.path.join(workdir, 'accuracy_by_method.png'), title)
+                                    os.path.join(workdir, 'accuracy_by_method.png'), title)
     means = figures.data_efficiency(table, shown, shifts,
                                     os.path.join(workdir, 'data_efficiency.png'))
     if means:

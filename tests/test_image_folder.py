@@ -71,7 +71,7 @@ def test_the_runner_sweeps_it_and_its_root_is_not_in_the_fingerprint(tmp_path, m
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
   _tree(tmp_path / 'd')
   config = _config(tmp_path / 'd')
-  config.corruptions, config.methods, config.lrs, config.last_lrs = (), ('all', 'last'), (1e-3,), (1e-2,)
+  config.methods, config.lrs, config.last_lrs = ('all', 'last'), (1e-3,), (1e-2,)
   config.epochs, config.batch_size, config.eval_batch_size = 1, 8, 8
   spec = models.create('resnet26', depth=8, num_classes=3)
   config.init_checkpoint = save_params(str(tmp_path / 'source'), spec.init()['params'])

@@ -155,7 +155,8 @@ sys.addaudithook(_hook)
 
 def test_memo_two_processes_match_one_process_and_only_the_first_writes(tmp_path):
   _write_folder(tmp_path / 'data', 'test', 3, 0)
-  source = save_params(str(tmp_path / 'source'), models.create('resnet26', depth=8).init()['params'])
+  params = models.create('resnet26', depth=8).init()['params']
+  source = save_params(str(tmp_path / 'source'), params)
   flags = ['--config=configs/memo_cifar10c.py', f'--config.data_dir={tmp_path / "data"}',
            f'--config.init_checkpoint={source}', '--config.model.depth=8',
            '--config.corruptions=gaussian_noise', '--config.modes=online,episodic',

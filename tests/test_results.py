@@ -1,4 +1,5 @@
-"""surgery/report (selection, ranks, results.csv, fingerprints) and Cross-Val (surgery/methods/cross_val.py)."""
+"""surgery/report (selection, ranks, results.csv, fingerprints) and Cross-Val
+(surgery/methods/cross_val.py)."""
 import csv
 import hashlib
 import io
