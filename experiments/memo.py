@@ -27,11 +27,10 @@ from surgery.errors import SurgeryError
 from surgery.memo import adapt
 from surgery.methods.baselines import NO_ADAPTATION
 from surgery.optim import BASE_OPTIMIZERS
-from experiments import memo_tuning, paper_tables
+from experiments import memo_tuning, paper_tables, skeleton
 from surgery.report import store, summary
 from surgery.report.fingerprint import fingerprint
-from experiments.plan import (ADDED_LATER, as_list, check_resume, config_record, dataset_name,
-                              model_spec, result_fields)
+from experiments.plan import ADDED_LATER, as_list, dataset_name, model_spec, result_fields
 
 # Run axes: they choose which rows exist (each row's key holds its shift, method and
 # seed), never what a row holds, so a rerun may change them; the fingerprint leaves
@@ -238,22 +237,17 @@ def _mode_kwargs(config, mode):
 def train_and_evaluate(config, workdir):
   plan = make_plan(config)
   shifts, methods = plan.shifts, plan.methods
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   # Every process computes every stream (MEMO adapts one image at a time, on one
   # device); only the first writes results, streams, checkpoints and reports.
   primary = distributed.is_primary()
-  table = store.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
+  table = skeleton.open_results(workdir)
   todo = [(s, m) for s in shifts for m in methods if not _done(table, s, m, config.seed)]
   if config.get('report_only'):
     print(f'report only: {len(shifts) * len(methods) - len(todo)} of '
           f'{len(shifts) * len(methods)} planned runs in results.csv')
-    if primary:
-      print(write_outputs(workdir, table.rows, plan))
+    skeleton.report(write_outputs, workdir, table.rows, plan)
     return table.rows
-  check_resume(workdir, table, plan.fingerprint, plan.result_fields, _old_result_fields)
-  distributed.agree('the runs to do', repr(todo))
-  distributed.barrier('read results.csv')
+  skeleton.resume(workdir, table, plan, todo, _old_result_fields)
   tuning = plan.tuning
   print(f'{len(shifts) * len(methods)} runs planned, {len(todo)} to go; '
         f'{config.num_images} images per shift'
@@ -262,11 +256,9 @@ def train_and_evaluate(config, workdir):
         f'{"tuned" if tuning else config.steps} step(s). Model {plan.spec.name}.', flush=True)
   # Loaded before config.json is written, so an unusable checkpoint changes nothing.
   variables = plan.spec.load(config.init_checkpoint) if todo else None
-  if primary:
-    store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
+  skeleton.save_config(workdir, config)
   if not todo:
-    if primary:
-      print(write_outputs(workdir, table.rows, plan))
+    skeleton.report(write_outputs, workdir, table.rows, plan)
     return table.rows
 
   run = _Runner(plan, workdir, variables, primary)
@@ -344,8 +336,7 @@ def train_and_evaluate(config, workdir):
       if primary:
         write_outputs(workdir, table.rows, plan)
       distributed.barrier(f'{shift} {method}')  # the processes go on in step
-  if primary:
-    print(write_outputs(workdir, table.rows, plan))
+  skeleton.report(write_outputs, workdir, table.rows, plan)
   return table.rows
 
 

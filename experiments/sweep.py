@@ -11,31 +11,24 @@ from tqdm import tqdm
 
 import surgery
 from surgery import distributed
-from surgery.errors import SurgeryError
 from surgery.methods import registry
 from surgery.report import figures, store, summary
-from experiments import finetune
+from experiments import finetune, skeleton
 from experiments import plan as plan_lib
-from experiments.plan import check_resume, config_record, make_plan
+from experiments.plan import make_plan
 
 
 def train_and_evaluate(config, workdir):
   plan = make_plan(config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise SurgeryError(f'--workdir {workdir} exists and is not a directory')
   primary = distributed.is_primary()  # the one process that writes files
-  table = store.ResultsCsv(os.path.join(workdir, 'results.csv'), write=primary)
-  if config.get('report_only'):
-    todo = [r for r in plan.runs if not table.has(r.shift, r.method, r.lr, r.seed, r.hparam)]
-    print(f'report only: {len(plan.runs) - len(todo)} of {len(plan.runs)} planned runs in results.csv')
-    summary = write_outputs(workdir, table.rows, plan)
-    print(summary)
-    return table.rows
-  check_resume(workdir, table, plan.fingerprint, plan.result_fields)
+  table = skeleton.open_results(workdir)
   todo = [r for r in plan.runs if not table.has(r.shift, r.method, r.lr, r.seed, r.hparam)]
-  # Every process read results.csv before any writes it, and all go on with one list.
-  distributed.agree('the runs to do', repr(todo))
-  distributed.barrier('read results.csv')
+  if config.get('report_only'):
+    print(f'report only: {len(plan.runs) - len(todo)} of {len(plan.runs)} planned runs in '
+          'results.csv')
+    skeleton.report(write_outputs, workdir, table.rows, plan)
+    return table.rows
+  skeleton.resume(workdir, table, plan, todo)
   layout = device_layout()
   print(f'{len(plan.runs)} runs planned ({len(plan.shifts)} shift(s) x methods x lrs x '
         f'{len(plan.seeds)} seed(s){_candidates_text(plan)}); {len(plan.runs) - len(todo)} '
@@ -43,15 +36,13 @@ def train_and_evaluate(config, workdir):
         f'{plan_lib.dataset_name(config)}. Devices: {layout}.', flush=True)
   _warn_mixed_layouts(table, layout, bool(todo))
   if not todo:
-    if primary:
-      print(write_outputs(workdir, table.rows, plan))
+    skeleton.report(write_outputs, workdir, table.rows, plan)
     return table.rows
 
   # Loaded (or trained) before config.json is written: a checkpoint that does not fit
   # the model is the user's error, and a user error leaves nothing behind.
   variables = finetune.source_variables(config, workdir, plan.model)
-  if primary:
-    store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
+  skeleton.save_config(workdir, config)
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
@@ -77,8 +68,7 @@ def train_and_evaluate(config, workdir):
           bar.update()
           if primary:
             write_outputs(workdir, table.rows, plan)
-  if primary:
-    print(write_outputs(workdir, table.rows, plan))
+  skeleton.report(write_outputs, workdir, table.rows, plan)
   return table.rows
 
 
