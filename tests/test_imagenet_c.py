@@ -281,6 +281,7 @@ def test_missing_dataset_is_one_line_from_the_command_line(tmp_path):
   assert f'{expected}/<wnid>/*.JPEG' in line and 'imagenet2012_corrupted/' in line
 
 
+@pytest.mark.slow
 def test_config_runs_end_to_end_on_the_released_layout(root, tmp_path, monkeypatch):
   """Labels are real ImageNet class indices through BREEDS' dataset_class_info.json."""
   from experiments import sweep

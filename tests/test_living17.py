@@ -70,6 +70,7 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_living17_runs_end_to_end_and_resumes_the_source_stage(tiny, monkeypatch, capsys):
   config, tmp = tiny
   workdir = str(tmp / 'work')

@@ -71,6 +71,7 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_writes_outputs_and_resumes(tiny, monkeypatch):
   config, tmp = tiny
   workdir = str(tmp / 'work')
@@ -178,6 +179,7 @@ def _assert_one_error_line(proc, words):
   assert len(lines) == 1 and lines[0].startswith('error: ') and words in lines[0], lines
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
   bad_csv = tmp_path / 'badcsv'
   bad_csv.mkdir()
@@ -203,6 +205,7 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
   assert a_file.read_text() == 'x'
 
 
+@pytest.mark.slow
 def test_cli_resume_with_a_changed_field_stops_and_keeps_old_files(tiny):
   config, tmp = tiny
   workdir = tmp / 'work'
@@ -259,6 +262,7 @@ def test_batchnorm_tuned_layers_train_under_bn_mode_train(tiny, monkeypatch):
   assert [m.bn_train_layers for m in calls] == [tuned_bn]
 
 
+@pytest.mark.slow
 def test_single_run_baselines_sweep_their_own_settings(tiny):
   config, tmp = tiny
   config.methods = ('gradual_unfreeze_last_first', 'l1_sp', 'auto_snr')
@@ -308,6 +312,7 @@ def test_label_flip_and_parameter_noise_shifts(tiny):
       ds.noise_scale('block2', names)
 
 
+@pytest.mark.slow
 def test_target_sizes_and_rgn_figure(tiny):
   config, tmp = tiny
   config.corruptions = ('noise_block2',)

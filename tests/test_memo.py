@@ -181,6 +181,7 @@ def test_group_map_comes_from_the_model_spec():
     memo_mask(spec.init()['params'], 'stem_only', (groups, options))
 
 
+@pytest.mark.slow
 def test_batchnorm_model_adapts_in_eval_mode():
   # MEMO calls net.eval(): one test image must be normalised with the running
   # statistics, which never move (in train mode a batch of one would normalise by its

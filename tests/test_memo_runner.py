@@ -46,6 +46,7 @@ def _files(workdir, names=('results.csv', 'config.json')):
   return {f: open(os.path.join(workdir, f), 'rb').read() for f in names}
 
 
+@pytest.mark.slow
 def test_memo_sweep_outputs_and_safe_resume(tiny, monkeypatch):
   config, tmp = tiny
   workdir = str(tmp / 'work')
@@ -214,6 +215,7 @@ def test_stream_plot_averages_only_corruptions_every_setting_finished():
   assert runner._stream_panels(have, ('frost',), ('no_adaptation', 'online/all')) == ([], [])
 
 
+@pytest.mark.slow
 def test_each_seed_keeps_its_own_streams(tiny):
   config, tmp = tiny
   config.no_adaptation = False

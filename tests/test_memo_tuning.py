@@ -78,6 +78,7 @@ def tiny_stream():
   return spec, params, images, rng.integers(0, 10, 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('option', ['first_layer', 'all'])
 def test_episodic_candidates_share_one_gradient_and_equal_their_own_streams(tiny_stream, option):
   spec, params, images, _ = tiny_stream
@@ -185,6 +186,7 @@ def tiny(tmp_path, monkeypatch):
   return config, tmp_path
 
 
+@pytest.mark.slow
 def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
   config, tmp = tiny
   workdir = str(tmp / 'work')
@@ -231,6 +233,7 @@ def test_tuned_protocol_end_to_end_and_resume(tiny, monkeypatch):
   assert calls == []
 
 
+@pytest.mark.slow
 def test_held_out_stream_resumes_where_it_stopped(tiny, monkeypatch):
   config, tmp = tiny
   config.settings = ('online/first_layer',)
@@ -279,6 +282,7 @@ def test_untuned_configs_keep_their_fingerprints(tiny):
   assert not [k for k in fields if k.startswith('tune.') or k.endswith('tune_lrs')]
 
 
+@pytest.mark.slow
 def test_episodic_search_shares_a_pass_and_scores_as_one_by_one(tiny, monkeypatch):
   config, tmp = tiny
   config.settings = ('episodic/last',)
@@ -303,6 +307,7 @@ def test_episodic_search_shares_a_pass_and_scores_as_one_by_one(tiny, monkeypatc
       os.path.join(alone, 'results.csv'))[0]['test_acc']
 
 
+@pytest.mark.slow
 def test_episodic_held_out_streams_share_a_pass_equal_one_by_one_and_resume(tiny, monkeypatch):
   config, tmp = tiny
   config.settings = ('episodic/first_layer', 'episodic/last')

@@ -84,6 +84,7 @@ def cifar(tmp_path_factory):
   return flags, root, single
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifar):
   flags, root, single = cifar
   workdir = str(root / 'killed')
@@ -112,6 +113,7 @@ def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifa
                                          'metrics.jsonl', 'results.csv', 'summary.md']
 
 
+@pytest.mark.slow
 def test_living17_two_processes_match_one_process(tmp_path):
   from tests.test_living17 import TINY, _write_tree
   _write_tree(tmp_path / 'imagenet', {'train': 3, 'val': 1})
@@ -153,6 +155,7 @@ sys.addaudithook(_hook)
 """
 
 
+@pytest.mark.slow
 def test_memo_two_processes_match_one_process_and_only_the_first_writes(tmp_path):
   _write_folder(tmp_path / 'data', 'test', 3, 0)
   params = models.create('resnet26', depth=8).init()['params']

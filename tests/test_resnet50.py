@@ -351,6 +351,7 @@ def test_tuning_the_head_costs_under_half_of_tuning_everything(steps):
   assert flops_last < 0.45 * flops_all
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_state_and_tracks_float32_logits(tiny):
   spec, params, model_state = tiny
   mixed = models.create('resnet50', num_classes=10, dtype='bfloat16', **TINY)

@@ -63,6 +63,7 @@ def _same(a, b):
                                                   jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_best_epoch_is_kept_and_equals_a_run_that_stopped_there(tmp_path, monkeypatch):
   scores = iter([0.5, 0.9, 0.7])  # source val accuracy after epochs 1, 2, 3
   # (the 'last' runs evaluate once more, at the end of their phase)
@@ -78,6 +79,7 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_resume_mid_phase_keeps_the_best_so_far(tmp_path, monkeypatch):
   scores = {1: 0.9, 2: 0.5, 3: 0.7}  # the first epoch is the best
   calls = []

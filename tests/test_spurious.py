@@ -225,6 +225,7 @@ def test_waterbirds_eval_crop_is_the_group_dro_recipe(tmp_path):
 @pytest.mark.parametrize('name, config_module, writer', [
     ('waterbirds', waterbirds_config, write_waterbirds),
     ('celeba', celeba_config, write_celeba)])
+@pytest.mark.slow
 def test_config_runs_end_to_end(name, config_module, writer, tmp_path, monkeypatch, capsys):
   writer(tmp_path / name)
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))

@@ -60,6 +60,7 @@ def test_target_sets_hold_only_target_subclasses_labelled_by_superclass(tiny):
   assert not np.array_equal(other[0], tune[0])
 
 
+@pytest.mark.slow
 def test_runner_pretrains_on_the_source_and_sweeps_the_target(tiny):
   config, tmp = tiny
   workdir = str(tmp / 'work')

@@ -276,6 +276,7 @@ def test_fmow_ood_shift_carries_regions(tmp_path):
 @pytest.mark.parametrize('name, config_module, writer, shifts', [
     ('camelyon17', camelyon17_config, write_camelyon, ('hospital2',)),
     ('fmow', fmow_config, write_fmow, ('africa', 'ood'))])
+@pytest.mark.slow
 def test_config_runs_end_to_end(name, config_module, writer, shifts, tmp_path, monkeypatch,
                                 capsys):
   writer(tmp_path / 'wilds')
