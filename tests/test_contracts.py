@@ -82,3 +82,21 @@ def test_dataset_registry_and_metrics():
   # A negative group (FMoW's 'Other' region) counts in acc only.
   got = compute_metrics([0, 0, 1, 0], [0, 0, 0, 1], [0, 0, -1, -1])
   assert got == pytest.approx({'acc': 0.5, 'group_balanced_acc': 1.0, 'worst_group_acc': 1.0})
+
+
+def test_a_dataset_sees_only_the_config_fields_it_declares():
+  import importlib
+
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(severity=3, lrs=(1e-3,)))
+  view = datasets.ConfigView(config, ('severity', 'corruptions'), 'mine')
+  assert view.severity == 3 and view['severity'] == 3
+  assert view.get('corruptions', 'absent') == 'absent' and 'corruptions' not in view
+  with pytest.raises(SurgeryError, match="mine reads config field 'lrs'"):
+    view.get('lrs')  # in the config, but not the dataset's: an error, not a default
+  with pytest.raises(SurgeryError, match="reads config field 'epochs'"):
+    view.epochs  # noqa: B018
+  # Every dataset in the package declares what it reads.
+  for name in datasets.names():
+    module = importlib.import_module(datasets._modules()[name])
+    assert isinstance(getattr(module, 'READS', None), tuple), name

@@ -3,7 +3,9 @@
 Each dataset lives in its own module here and defines `create(config, name) -> Dataset`;
 the module serves the names in its `NAMES` (default: its own name), found by listing
 this package (`surgery.discovery`), so a new dataset is one new file. `register(name,
-module_path)` adds one defined outside the package.
+module_path)` adds one defined outside the package. A module declares the config fields it
+reads in `READS`; `create` hands it a view of just those (`ConfigView`), so a dataset
+cannot depend on a runner's or another dataset's field without saying so.
 A dataset declares:
 
   ds.num_classes, ds.image_size
@@ -67,9 +69,47 @@ def where_from_fields() -> tuple:
   return tuple(out)
 
 
+class ConfigView:
+  """The fields of a config that a dataset module declares in `READS`, and nothing else:
+  reading an undeclared field is an error rather than a silent default."""
+
+  def __init__(self, config, fields, owner: str):
+    self._data = {f: config[f] for f in fields if f in config}
+    self._fields, self._owner = tuple(fields), owner
+
+  def _check(self, key):
+    if key not in self._fields:
+      raise SurgeryError(f'dataset module {self._owner} reads config field {key!r}, which its '
+                         'READS does not declare')
+
+  def get(self, key, default=None):
+    self._check(key)
+    return self._data.get(key, default)
+
+  def __getitem__(self, key):
+    self._check(key)
+    return self._data[key]
+
+  def __getattr__(self, key):
+    if key.startswith('_'):
+      raise AttributeError(key)
+    self._check(key)
+    try:
+      return self._data[key]
+    except KeyError:
+      raise AttributeError(key) from None
+
+  def __contains__(self, key):
+    return key in self._data
+
+
 def create(name: str, config):
-  """Dataset `name` configured from `config` (the fields its module documents)."""
+  """Dataset `name` configured from `config`: the module sees only the fields its
+  `READS` declares (all of `config` if it declares none, for a user's own module)."""
   path = _modules().get(name)
   if path is None:
     raise SurgeryError(f'unknown dataset {name!r}; valid: {", ".join(names())}')
-  return importlib.import_module(path).create(config, name)
+  module = importlib.import_module(path)
+  fields = getattr(module, 'READS', None)
+  view = config if fields is None else ConfigView(config, fields, module.__name__)
+  return module.create(view, name)

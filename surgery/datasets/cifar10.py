@@ -169,5 +169,9 @@ class Cifar10:
     return None
 
 
+READS = ('data_dir', 'corruptions', 'tune_sizes', 'severity', 'corruption_seed',
+         'tune_per_class', 'val_per_class', 'param_noise')  # the config fields it is given (surgery.datasets.create)
+
+
 def create(config, name: str = 'cifar10') -> Cifar10:
   return Cifar10(config)

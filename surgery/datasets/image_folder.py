@@ -120,5 +120,8 @@ class ImageFolder:
     return params
 
 
+READS = (SECTION,)  # the config fields it is given (surgery.datasets.create)
+
+
 def create(config, name: str = SECTION) -> ImageFolder:
   return ImageFolder(config.get(SECTION))

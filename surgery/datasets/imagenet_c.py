@@ -240,6 +240,12 @@ def mce_markdown(table, methods, shifts, severity: int = 5) -> list:
           '| method | mCE |', '|---|---|'] + lines + ['']
 
 
+# init_checkpoint: whether the model starts from a checkpoint, which sets the class
+# order the model expects (see `shift_names`).
+READS = ('data_dir', 'corruptions', 'source_layout', 'severity', 'tune_per_class',
+         'val_per_class', 'test_per_class', 'eval_resize', 'init_checkpoint', 'class_index_file')  # the config fields it is given (surgery.datasets.create)
+
+
 def create(config, name: str = 'imagenet_c') -> ImageNetC:
   if name != 'imagenet_c':
     raise SurgeryError(f'unknown ImageNet-C dataset {name!r}')

@@ -117,6 +117,9 @@ class SpuriousDataset:
 NAMES = ('waterbirds', 'celeba')  # the dataset names this module serves
 
 
+READS = ('data_dir', 'corruptions', 'tune_per_group', 'source_layout')  # the config fields it is given (surgery.datasets.create)
+
+
 def create(config, name: str) -> SpuriousDataset:
   if name not in _KINDS:
     raise SurgeryError(f'unknown spurious-correlation dataset {name!r}')

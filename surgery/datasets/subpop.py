@@ -126,6 +126,10 @@ def _breeds_info_dir(config) -> str:
 NAMES = ('cifar10_subpop', 'living17', 'entity30', 'entity13', 'nonliving26')  # the dataset names this module serves
 
 
+READS = ('data_dir', 'corruptions', 'breeds_info_dir', 'breeds_split', 'breeds_seed',
+         'tune_per_class', 'val_per_class')  # the config fields it is given (surgery.datasets.create)
+
+
 def create(config, name: str) -> Subpopulation:
   split = config.get('breeds_split', 'rand')
   if split not in ('rand', 'good'):

@@ -179,6 +179,9 @@ class WildsDataset:
 NAMES = ('camelyon17', 'fmow')  # the dataset names this module serves
 
 
+READS = ('data_dir', 'corruptions', 'tune_per_class', 'val_per_class', 'image_size')  # the config fields it is given (surgery.datasets.create)
+
+
 def create(config, name: str) -> WildsDataset:
   ds = WildsDataset(name, config)
   # A missing root or metadata file: one line now; the tables are read by shift_names.
