@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 
 import surgery
 from configs import cifar10c
@@ -16,6 +15,7 @@ from surgery import models
 from surgery.checkpoints import save_params
 from surgery.groups import assign_groups, trainable_mask
 from surgery.methods import registry
+from tests.test_main import _write_folder
 from surgery.methods.llrd import depth_scales
 
 SPEC = models.create('resnet26', depth=8)
@@ -45,13 +45,7 @@ def test_each_group_moves_by_its_scaled_lr_and_frozen_leaves_stay_bitwise():
 
 
 def _tiny_config(tmp_path, monkeypatch):
-  rng = np.random.RandomState(0)
-  for c in range(10):
-    d = tmp_path / 'data' / 'cifar10' / 'test' / f'class{c}'
-    d.mkdir(parents=True)
-    for i in range(5):
-      img = np.clip(rng.normal(25 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-      Image.fromarray(img).save(d / f'{i:04d}.png')
+  _write_folder(tmp_path / 'data', 'test', 5, 0)
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
   config = cifar10c.get_config()
   config.data_dir = str(tmp_path / 'data')

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import optax
 import pytest
-from PIL import Image
 
 import surgery
 from configs import cifar10c
@@ -15,6 +14,7 @@ from surgery import models
 from surgery.checkpoints import save_params
 from surgery.errors import SurgeryError
 from surgery.groups import assign_groups, group_names, trainable_mask
+from tests.test_main import _write_folder
 
 
 def test_found_by_name_with_every_parameter_in_one_group():
@@ -44,13 +44,7 @@ def test_frozen_blocks_stay_bitwise_under_a_surgical_step():
 
 
 def test_the_runner_tunes_it_from_the_config_alone(tmp_path, monkeypatch):
-  rng = np.random.RandomState(0)
-  for c in range(10):
-    d = tmp_path / 'data' / 'cifar10' / 'test' / f'class{c}'
-    d.mkdir(parents=True)
-    for i in range(4):
-      img = np.clip(rng.normal(25 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-      Image.fromarray(img).save(d / f'{i:04d}.png')
+  _write_folder(tmp_path / 'data', 'test', 4, 0)
   monkeypatch.setenv('SURGERY_CACHE_DIR', str(tmp_path / 'cache'))
   config = cifar10c.get_config()
   config.data_dir = str(tmp_path / 'data')

@@ -100,6 +100,7 @@ class ConfigView:
       raise AttributeError(key) from None
 
   def __contains__(self, key):
+    self._check(key)
     return key in self._data
 
 

@@ -27,17 +27,13 @@ from PIL import Image
 
 from surgery.data import target_split
 from surgery.data.sources import ArraySource
+from surgery.datasets.common import split_names
 from surgery.errors import SurgeryError
 
 SECTION = 'image_folder'
 WHERE_FROM = ('root',)  # fields of the section that locate data, outside the fingerprint
 SOURCE = 'source'
 _SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
-
-
-def _names(value) -> list:
-  items = value if isinstance(value, (list, tuple)) else [value or '']
-  return [t.strip() for item in items for t in str(item).split(',') if t.strip()]
 
 
 def read_tree(folder: str, image_size: int) -> tuple:
@@ -78,7 +74,7 @@ class ImageFolder:
     self.image_size = int(section.get('image_size', 32))
     self.tune_per_class = int(section.get('tune_per_class', 100))
     self.val_per_class = int(section.get('val_per_class', 10))
-    self.shifts = _names(section.get('shifts', ())) or sorted(
+    self.shifts = split_names(section.get('shifts', ())) or sorted(
         e.name for e in os.scandir(self.root) if e.is_dir() and e.name != SOURCE)
     if not self.shifts:
       raise SurgeryError(f'{SECTION}: no shift folder under {self.root}')
