@@ -5,6 +5,7 @@
   auto_rgn.py          Auto-RGN (Section 5): per-tensor lr from relative gradient norms
   gradual_unfreeze.py  gradual_unfreeze_first_last / _last_first (Table 4)
   l1_sp.py             L1-SP, a penalty towards the pre-trained weights (Table 4)
+  llrd.py              layer-wise lr decay: lr x decay^(depth from the head)
   auto_snr.py          Auto-SNR, freeze the noisiest tensors each epoch (Table 4)
   cross_val.py         Cross-Val: the surgical option and lr validation picks (Table 4)
 
