@@ -14,8 +14,7 @@ from surgery import distributed
 from surgery.methods import registry
 from surgery.report import figures, store, summary
 from experiments import finetune, skeleton
-from experiments import plan as plan_lib
-from experiments.plan import make_plan
+from experiments.plan import dataset_name, make_plan
 
 
 def train_and_evaluate(config, workdir):
@@ -33,7 +32,7 @@ def train_and_evaluate(config, workdir):
   print(f'{len(plan.runs)} runs planned ({len(plan.shifts)} shift(s) x methods x lrs x '
         f'{len(plan.seeds)} seed(s){_candidates_text(plan)}); {len(plan.runs) - len(todo)} '
         f'already in results.csv, {len(todo)} to go. Model {plan.model.name}, dataset '
-        f'{plan_lib.dataset_name(config)}. Devices: {layout}.', flush=True)
+        f'{dataset_name(config)}. Devices: {layout}.', flush=True)
   _warn_mixed_layouts(table, layout, bool(todo))
   if not todo:
     skeleton.report(write_outputs, workdir, table.rows, plan)

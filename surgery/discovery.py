@@ -33,3 +33,16 @@ def creators(package: str) -> dict:
         raise SurgeryError(f'{name!r} is declared by both {found[name]} and {module.__name__}')
       found[name] = module.__name__
   return found
+
+
+_REGISTERED: dict = {}  # package -> {name: module path}, added with `register`
+
+
+def register(package: str, name: str, module_path: str) -> None:
+  """Serves `name` in `package` from a module outside it (a user's own)."""
+  _REGISTERED.setdefault(package, {})[name] = module_path
+
+
+def find(package: str) -> dict:
+  """{name: module path}: the package's own modules, then those registered to it."""
+  return {**creators(package), **_REGISTERED.get(package, {})}

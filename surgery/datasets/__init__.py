@@ -41,11 +41,8 @@ from surgery.datasets.metrics import compute_metrics, metric_names  # noqa: F401
 from surgery import discovery
 from surgery.errors import SurgeryError
 
-_REGISTERED = {}  # name -> module path, added with `register`
-
-
 def _modules() -> dict:
-  return {**discovery.creators(__name__), **_REGISTERED}
+  return discovery.find(__name__)
 
 
 def names() -> list:
@@ -54,7 +51,7 @@ def names() -> list:
 
 def register(name: str, module_path: str) -> None:
   """Adds a dataset module defined outside this package under `name`."""
-  _REGISTERED[name] = module_path
+  discovery.register(__name__, name, module_path)
 
 
 def where_from_fields() -> tuple:

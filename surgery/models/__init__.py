@@ -34,8 +34,6 @@ import jax.numpy as jnp
 from surgery import discovery
 from surgery.errors import CheckpointError, SurgeryError
 
-# Models added with `register` (a user's own, outside this package): name -> module path.
-_REGISTERED = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +74,7 @@ def compute_dtype(name: str):
 
 
 def _modules() -> dict:
-  return {**discovery.creators(__name__), **_REGISTERED}
+  return discovery.find(__name__)
 
 
 def names() -> list:
@@ -88,7 +86,7 @@ def names() -> list:
 def register(name: str, module_path: str) -> None:
   """Adds a model module defined outside this package (one defining
   `create(**overrides)`) under `name`."""
-  _REGISTERED[name] = module_path
+  discovery.register(__name__, name, module_path)
 
 
 def get_module(name: str):

@@ -31,8 +31,8 @@ METRIC_PREFIXES = ('val_', 'test_')
 REQUIRED_COLUMNS = ('shift', 'method', 'lr', 'seed', 'val_acc', 'test_acc')
 # Kept for callers that want the classic header; the written header adds metrics.
 COLUMNS = KEY_COLUMNS + ('val_acc', 'test_acc') + TAIL_COLUMNS
-# Field of a row made by `cross_val_rows`: the run it picked. Such rows are selected
-# already and `select_lr` must not select among them again.
+# Field of a row a selection method made (Cross-Val's `select`): the run it picked. Such
+# rows are selected already and `select_lr` must not select among them again.
 PICKED = 'picked'
 
 

@@ -24,7 +24,7 @@ from collections import defaultdict
 
 from surgery.errors import SurgeryError
 from surgery.io import atomic_write
-from surgery.report.store import DEFAULT_METRIC, PICKED, row_key  # noqa: F401
+from surgery.report.store import DEFAULT_METRIC, PICKED, row_key
 
 
 def _mean(values):
@@ -68,7 +68,7 @@ def select_lr(rows, metric=DEFAULT_METRIC):
   """{(shift, method): the runs, sorted by seed, of the chosen (lr, hparam) setting}.
 
   The setting with the highest mean `val_<metric>` over seeds; ties go to the smaller
-  lr, then the smaller hparam string. Rows made by `cross_val_rows` (with a `PICKED`
+  lr, then the smaller hparam string. Rows a selection method made (with a `PICKED`
   field) are selected already: all of a (shift, method)'s such rows are kept.
   """
   by = defaultdict(lambda: defaultdict(list))
