@@ -266,6 +266,7 @@ def test_batchnorm_tuned_layers_train_under_bn_mode_train(tiny, monkeypatch):
 def test_single_run_baselines_sweep_their_own_settings(tiny):
   config, tmp = tiny
   config.methods = ('gradual_unfreeze_last_first', 'l1_sp', 'auto_snr')
+  config.epochs = 1
   config.last_lrs = (1e-2,)
   config.l1_sp.lambdas = (1e-4, 1e-2)
   config.auto_snr.thresholds = (0.5,)

@@ -203,7 +203,7 @@ def test_per_example_grads_match_a_loop_and_chunking():
   for lp, w, c in zip(*(jax.tree_util.tree_leaves(t) for t in (loop, whole, chunked))):
     assert w.shape == lp.shape
     np.testing.assert_allclose(w, lp, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(c, w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c, w, rtol=1e-5, atol=1e-6)  # other chunks, other kernels
 
 
 def _between(values):

@@ -45,13 +45,25 @@ def _launch(flags, workdir, processes, devices, extra=(), env_extra=None):
 
 
 def _run(flags, workdir, processes, devices, env_extra=None):
-  procs = _launch(flags, workdir, processes, devices, env_extra=env_extra)
+  return _finish(_launch(flags, workdir, processes, devices, env_extra=env_extra), workdir,
+                 processes, devices)
+
+
+def _finish(procs, workdir, processes, devices):
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   first = outs[0][0].splitlines()[0]
   assert first.startswith(f'process 0 of {processes}: 4 devices in all, {devices} here'), first
   return _rows(workdir)
+
+
+def _one_and_two(flags, root, env_extra=None):
+  """The rows of one process on 4 devices and of two processes on 2 + 2, run at the
+  same time: most of each run is one core compiling, so the three processes overlap."""
+  one = _launch(flags, str(root / 'one'), 1, 4)
+  two = _launch(flags, str(root / 'two'), 2, 2, env_extra=env_extra)
+  return _finish(one, str(root / 'one'), 1, 4), _finish(two, str(root / 'two'), 2, 2)
 
 
 def _rows(workdir):
@@ -80,13 +92,13 @@ def cifar(tmp_path_factory):
            '--config.lrs=1e-3', '--config.last_lrs=1e-2', '--config.epochs=2',
            '--config.batch_size=16', '--config.eval_batch_size=16',
            '--config.tune_per_class=3', '--config.val_per_class=2']
-  single = _run(flags, str(root / 'one'), 1, 4)
-  return flags, root, single
+  return flags, root
 
 
 @pytest.mark.slow
 def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifar):
-  flags, root, single = cifar
+  flags, root = cifar
+  one = _launch(flags, str(root / 'one'), 1, 4)  # the reference, alongside
   workdir = str(root / 'killed')
   procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=5'])
   results = os.path.join(workdir, 'results.csv')
@@ -107,6 +119,7 @@ def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifa
   assert len(_rows(workdir)) < 3
   # Resumed, every row (those before the kill too) equals the one-process run's: two
   # processes on 2 + 2 devices compute what one process does on 4.
+  single = _finish(one, str(root / 'one'), 1, 4)
   _assert_same_rows(_run(flags, workdir, 2, 2), single)
   assert len(single) == 3
   assert sorted(os.listdir(workdir)) == ['accuracy_by_method.png', 'config.json',
@@ -126,8 +139,8 @@ def test_living17_two_processes_match_one_process(tmp_path):
            '--config.tune_per_class=2', '--config.val_per_class=1',
            '--config.source_stage.head_epochs=1', '--config.source_stage.all_epochs=1',
            '--config.source_stage.batch_size=8', '--config.source_stage.workers=0']
-  single = _run(flags, str(tmp_path / 'one'), 1, 4)
-  _assert_same_rows(_run(flags, str(tmp_path / 'two'), 2, 2), single)
+  single, two = _one_and_two(flags, tmp_path)
+  _assert_same_rows(two, single)
 
 
 # Loaded into each process (PYTHONPATH): logs every file it opens for writing, per process.
@@ -169,8 +182,7 @@ def test_memo_two_processes_match_one_process_and_only_the_first_writes(tmp_path
   (tmp_path / 'hook' / 'sitecustomize.py').write_text(_WRITE_LOGGER)
   env = dict(PYTHONPATH=f'{tmp_path / "hook"}{os.pathsep}{REPO}',
              WRITE_LOG=str(tmp_path / 'writes'))
-  single = _run(flags, str(tmp_path / 'one'), 1, 4)
-  two = _run(flags, str(tmp_path / 'two'), 2, 2, env_extra=env)
+  single, two = _one_and_two(flags, tmp_path, env_extra=env)
   columns = COMPARED + ('test_acc', 'fingerprint')
   assert [[r[c] for c in columns] for r in two] == [[r[c] for c in columns] for r in single]
   assert [r['method'] for r in single] == ['no_adaptation', 'online/first_layer',
