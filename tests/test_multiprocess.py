@@ -2,6 +2,7 @@
 (gloo collectives, coordinator on 127.0.0.1): one line and a clean exit when a process
 dies, a resume that loses nothing, and the same rows as one process with four devices
 (the tiny CIFAR-10-C and Living-17 configs)."""
+import contextlib
 import csv
 import os
 import signal
@@ -63,7 +64,21 @@ def _one_and_two(flags, root, env_extra=None):
   same time: most of each run is one core compiling, so the three processes overlap."""
   one = _launch(flags, str(root / 'one'), 1, 4)
   two = _launch(flags, str(root / 'two'), 2, 2, env_extra=env_extra)
-  return _finish(one, str(root / 'one'), 1, 4), _finish(two, str(root / 'two'), 2, 2)
+  with _killed_on_exit(one + two):
+    return _finish(one, str(root / 'one'), 1, 4), _finish(two, str(root / 'two'), 2, 2)
+
+
+@contextlib.contextmanager
+def _killed_on_exit(procs):
+  """Kills whichever of `procs` still runs when the block is left, as when an assertion
+  fails before they were waited for."""
+  try:
+    yield
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
 
 
 def _rows(workdir):
@@ -99,6 +114,11 @@ def cifar(tmp_path_factory):
 def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifar):
   flags, root = cifar
   one = _launch(flags, str(root / 'one'), 1, 4)  # the reference, alongside
+  with _killed_on_exit(one):
+    _killed_run_resumes(flags, root, one)
+
+
+def _killed_run_resumes(flags, root, one):
   workdir = str(root / 'killed')
   procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=5'])
   results = os.path.join(workdir, 'results.csv')
