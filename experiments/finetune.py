@@ -132,67 +132,103 @@ class Finetuner:
 
   def run(self, params, model_state, method, lr, seed, tune, val, test, desc='', hparam=None):
     """Returns (row fields, per-epoch history, the method's `epoch_record` per epoch)."""
-    cfg = self.config
-    x_tune, y_tune = tune[0], tune[1]
-    n, bs = len(x_tune), cfg.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    mask = trainable_mask(params, self.spec.groups, method.groups)
+    arm = self.start(params, model_state, method, lr, seed, tune, val, test, hparam)
+    for _ in tqdm(range(self.config.epochs), desc=desc, leave=False, unit='ep'):
+      arm.epoch()
+    return arm.finish()
+
+  def start(self, params, model_state, method, lr, seed, tune, val, test, hparam=None) -> 'Arm':
+    """One run, set up and advanced epoch by epoch by its caller (`Arm.epoch`), so that
+    a method can advance several runs side by side and stop some early."""
+    return Arm(self, params, model_state, method, lr, seed, tune, val, test, hparam)
+
+
+class Arm:
+  """One fine-tuning run in progress: `epoch()` trains one epoch over the tune set and
+  evaluates it on validation, keeping the best epoch's parameters; `finish()` scores
+  those on the test set."""
+
+  def __init__(self, runner, params, model_state, method, lr, seed, tune, val, test, hparam):
+    cfg = runner.config
+    self.runner, self.method, self.lr, self.hparam = runner, method, lr, hparam
+    x_tune = tune[0]
+    self.n, self.bs = len(x_tune), cfg.batch_size
+    self.steps_per_epoch = math.ceil(self.n / self.bs)
+    mask = trainable_mask(params, runner.spec.groups, method.groups)
     settings = registry.settings(method, cfg) if method.section else None
-    ctx = Context(steps_per_epoch, assign_groups(params, self.spec.groups), self.spec.groups,
-                  settings, hparam)
+    ctx = Context(self.steps_per_epoch, assign_groups(params, runner.spec.groups),
+                  runner.spec.groups, settings, hparam)
     tx = make_optimizer(cfg, method, lr, mask, ctx)
-    module, bn_train = self._module(mask, model_state)
-    cut = self._cut(mask, method)
-    if cut and not self._fits(cut, params, model_state, (tune, val, test)):
+    module, self.bn_train = runner._module(mask, model_state)
+    cut = runner._cut(mask, method)
+    if cut and not runner._fits(cut, params, model_state, (tune, val, test)):
       cut = 0
     if cut:  # train and evaluate from the frozen prefix's activations
-      tune, val, test = self._prefix_sets(cut, params, model_state, (tune, val, test))
+      tune, val, test = runner._prefix_sets(cut, params, model_state, (tune, val, test))
       x_tune = tune[0]
       module = module.clone(start=cut)
-    predict = self._predict_at(cut)
+    self.tune, self.val, self.test = (x_tune, tune[1]), val, test
+    self.predict = runner._predict_at(cut)
     extra_loss = method.extra_loss(params, hparam) if method.extra_loss else None
-    step = self._step((method.name, steps_per_epoch, cut, module.bn_train_layers
-                       if hasattr(module, 'bn_train_layers') else None), module, tx, extra_loss)
-    epoch_ctx = EpochContext(self.spec.module, model_state, self.mesh, settings, hparam,
-                             (x_tune, y_tune))
-    state = surgery.replicate(self.mesh, surgery.init_train_state(params, tx, model_state))
-    names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    rng = np.random.RandomState(seed)
-    best_val, best_epoch, best, best_metrics = -math.inf, 0, None, None
-    history, records = [], []
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc=desc, leave=False, unit='ep'):
-      order = rng.permutation(n)
-      if method.before_epoch is not None:
-        state = method.before_epoch(epoch_ctx, state, order)
-      step_metrics = []
-      for b in range(steps_per_epoch):
-        idx = order[b * bs:(b + 1) * bs]
-        weights = np.ones(len(idx) if bn_train else bs, np.float32)
-        if len(idx) < bs and not bn_train:  # pad the short last batch; padding weighs 0
-          weights[len(idx):] = 0
-          idx = np.concatenate([idx, np.resize(idx, bs - len(idx))])
-        # (BatchNorm layers in train mode see the short batch unpadded instead, so
-        # padding never enters batch statistics.)
-        x, y, w = surgery.shard_batch(self.mesh, x_tune[idx], y_tune[idx].astype(np.int32), weights)
-        state, metrics = step(state, x, y, w)
-        step_metrics.append(metrics)
-      _check_finite(step_metrics, names, (epoch - 1) * steps_per_epoch)
-      val_metrics = self.metrics(state.params, state.model_state, val, predict)
-      losses = jax.device_get([m['loss'] for m in step_metrics])
-      accs = jax.device_get([m['accuracy'] for m in step_metrics])
-      history.append({'epoch': epoch, 'train_loss': float(losses[-1]),
-                      'train_loss_mean': float(np.mean(losses)),
-                      'train_acc_mean': float(np.mean(accs)),
-                      **{f'val_{k}': v for k, v in val_metrics.items()}})
-      if method.epoch_record is not None:  # e.g. Auto-RGN's weights, for Fig. 6
-        records.append(method.epoch_record(state.opt_state))
-      if val_metrics[self.metric] > best_val:
-        best_val, best_epoch, best_metrics = val_metrics[self.metric], epoch, val_metrics
-        best = jax.device_get((state.params, state.model_state))
-    test_metrics = self.metrics(best[0], best[1], test, predict)
-    fields = dict(best_epoch=best_epoch, **{f'val_{k}': v for k, v in best_metrics.items()},
+    self.step = runner._step((method.name, self.steps_per_epoch, cut, module.bn_train_layers
+                              if hasattr(module, 'bn_train_layers') else None), module, tx,
+                             extra_loss)
+    self.epoch_ctx = EpochContext(runner.spec.module, model_state, runner.mesh, settings, hparam,
+                                  self.tune)
+    self.state = surgery.replicate(runner.mesh, surgery.init_train_state(params, tx, model_state))
+    self.names = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    self.rng = np.random.RandomState(seed)
+    self.epochs_done = 0
+    self.best_val, self.best_epoch, self.best, self.best_metrics = -math.inf, 0, None, None
+    self.history, self.records = [], []
+
+  def epoch(self) -> dict:
+    """Trains one more epoch; returns its validation metrics."""
+    runner, method, mesh = self.runner, self.method, self.runner.mesh
+    x_tune, y_tune = self.tune
+    bs, state = self.bs, self.state
+    self.epochs_done += 1
+    epoch = self.epochs_done
+    order = self.rng.permutation(self.n)
+    if method.before_epoch is not None:
+      state = method.before_epoch(self.epoch_ctx, state, order)
+    step_metrics = []
+    for b in range(self.steps_per_epoch):
+      idx = order[b * bs:(b + 1) * bs]
+      weights = np.ones(len(idx) if self.bn_train else bs, np.float32)
+      if len(idx) < bs and not self.bn_train:  # pad the short last batch; padding weighs 0
+        weights[len(idx):] = 0
+        idx = np.concatenate([idx, np.resize(idx, bs - len(idx))])
+      # (BatchNorm layers in train mode see the short batch unpadded instead, so
+      # padding never enters batch statistics.)
+      x, y, w = surgery.shard_batch(mesh, x_tune[idx], y_tune[idx].astype(np.int32), weights)
+      state, metrics = self.step(state, x, y, w)
+      step_metrics.append(metrics)
+    self.state = state
+    _check_finite(step_metrics, self.names, (epoch - 1) * self.steps_per_epoch)
+    val_metrics = runner.metrics(state.params, state.model_state, self.val, self.predict)
+    losses = jax.device_get([m['loss'] for m in step_metrics])
+    accs = jax.device_get([m['accuracy'] for m in step_metrics])
+    self.history.append({'epoch': epoch, 'train_loss': float(losses[-1]),
+                         'train_loss_mean': float(np.mean(losses)),
+                         'train_acc_mean': float(np.mean(accs)),
+                         **{f'val_{k}': v for k, v in val_metrics.items()}})
+    if method.epoch_record is not None:  # e.g. Auto-RGN's weights, for Fig. 6
+      self.records.append(method.epoch_record(state.opt_state))
+    if val_metrics[runner.metric] > self.best_val:
+      self.best_val, self.best_epoch, self.best_metrics = (val_metrics[runner.metric], epoch,
+                                                           val_metrics)
+      self.best = jax.device_get((state.params, state.model_state))
+    return val_metrics
+
+  def finish(self):
+    """(row fields, per-epoch history, the method's `epoch_record` per epoch), the test
+    metrics those of the best epoch on validation."""
+    test_metrics = self.runner.metrics(self.best[0], self.best[1], self.test, self.predict)
+    fields = dict(best_epoch=self.best_epoch,
+                  **{f'val_{k}': v for k, v in self.best_metrics.items()},
                   **{f'test_{k}': v for k, v in test_metrics.items()})
-    return fields, history, [r for r in records if r is not None]
+    return fields, self.history, [r for r in self.records if r is not None]
 
 
 def first_tuned_group(mask, groups) -> int:

@@ -118,3 +118,24 @@ def test_clip_vit_gives_the_same_run(method, cut):
 def test_wrn_gives_the_same_run():
   spec = models.create('wrn28_10', depth=10, widen=1, new_head=True)
   _assert_same_run(spec, spec.init(4), 'block3', 1e-2, 3)
+
+
+def test_arms_advanced_side_by_side_equal_runs_one_after_the_other():
+  """`Finetuner.start` gives runs that a method can advance in turn (a probe over
+  options): interleaved epoch by epoch, with their frozen prefixes cached at two cuts
+  side by side, each ends exactly as the same run made alone."""
+  spec = models.create('resnet26', depth=8)
+  params, state = spec.init(2)['params'], {}  # one object: the cache keys on identity
+  sets = (_images(40, 4), _images(20, 5), _images(20, 6))
+  arms = [('last', 1e-2), ('block2', 1e-3), ('all', 1e-3)]
+  alone = [finetune.Finetuner(spec, _config(True)).run(
+      params, state, registry.resolve(m, spec), lr, 0, *sets) for m, lr in arms]
+  runner = finetune.Finetuner(spec, _config(True))
+  started = [runner.start(params, state, registry.resolve(m, spec), lr, 0, *sets)
+             for m, lr in arms]
+  for _ in range(runner.config.epochs):
+    for arm in started:
+      arm.epoch()
+  assert sorted(runner._prefix) == [2, 4]
+  for (f0, h0, r0), (f1, h1, r1) in zip(alone, (a.finish() for a in started)):
+    assert f0 == f1 and h0 == h1 and r0 == r1
