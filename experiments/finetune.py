@@ -150,7 +150,7 @@ class Arm:
 
   def __init__(self, runner, params, model_state, method, lr, seed, tune, val, test, hparam):
     cfg = runner.config
-    self.runner, self.method, self.lr, self.hparam = runner, method, lr, hparam
+    self.runner, self.method = runner, method
     x_tune = tune[0]
     self.n, self.bs = len(x_tune), cfg.batch_size
     self.steps_per_epoch = math.ceil(self.n / self.bs)

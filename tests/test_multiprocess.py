@@ -115,35 +115,31 @@ def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(cifa
   flags, root = cifar
   one = _launch(flags, str(root / 'one'), 1, 4)  # the reference, alongside
   with _killed_on_exit(one):
-    _killed_run_resumes(flags, root, one)
-
-
-def _killed_run_resumes(flags, root, one):
-  workdir = str(root / 'killed')
-  procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=5'])
-  results = os.path.join(workdir, 'results.csv')
-  deadline = time.time() + 240
-  while not (os.path.exists(results) and len(_rows(workdir)) >= 1):
-    assert time.time() < deadline and procs[0].poll() is None, 'no row written'
-    time.sleep(0.2)
-  procs[1].send_signal(signal.SIGKILL)
-  killed = time.time()
-  _, err = procs[0].communicate(timeout=120)
-  waited = time.time() - killed
-  procs[1].communicate()
-  assert procs[0].returncode == 1
-  assert waited <= 60, waited
-  last = err.strip().splitlines()[-1].split('\r')[-1]
-  assert 'error: process 1 of 2 stopped responding' in last, err[-2000:]
-  print(f'surviving process exited {waited:.1f} s after the kill')
-  assert len(_rows(workdir)) < 3
-  # Resumed, every row (those before the kill too) equals the one-process run's: two
-  # processes on 2 + 2 devices compute what one process does on 4.
-  single = _finish(one, str(root / 'one'), 1, 4)
-  _assert_same_rows(_run(flags, workdir, 2, 2), single)
-  assert len(single) == 3
-  assert sorted(os.listdir(workdir)) == ['accuracy_by_method.png', 'config.json',
-                                         'metrics.jsonl', 'results.csv', 'summary.md']
+    workdir = str(root / 'killed')
+    procs = _launch(flags, workdir, 2, 2, extra=['--heartbeat=5'])
+    results = os.path.join(workdir, 'results.csv')
+    deadline = time.time() + 240
+    while not (os.path.exists(results) and len(_rows(workdir)) >= 1):
+      assert time.time() < deadline and procs[0].poll() is None, 'no row written'
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    _, err = procs[0].communicate(timeout=120)
+    waited = time.time() - killed
+    procs[1].communicate()
+    assert procs[0].returncode == 1
+    assert waited <= 60, waited
+    last = err.strip().splitlines()[-1].split('\r')[-1]
+    assert 'error: process 1 of 2 stopped responding' in last, err[-2000:]
+    print(f'surviving process exited {waited:.1f} s after the kill')
+    assert len(_rows(workdir)) < 3
+    # Resumed, every row (those before the kill too) equals the one-process run's: two
+    # processes on 2 + 2 devices compute what one process does on 4.
+    single = _finish(one, str(root / 'one'), 1, 4)
+    _assert_same_rows(_run(flags, workdir, 2, 2), single)
+    assert len(single) == 3
+    assert sorted(os.listdir(workdir)) == ['accuracy_by_method.png', 'config.json',
+                                           'metrics.jsonl', 'results.csv', 'summary.md']
 
 
 @pytest.mark.slow
