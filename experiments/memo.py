@@ -367,24 +367,30 @@ class _Runner:
     self._compiled = {}
 
   def _optimizer(self, mode, option, setting):
-    """The mode's optimizer (config overrides, then the setting's lr and weight decay),
-    frozen outside `option`."""
+    """(build, hyper): the mode's optimizer (config overrides, then the setting's lr and
+    weight decay), frozen outside `option`, with its lr and decay traced
+    (`adapt.traced_optimizer`)."""
     kwargs = _mode_kwargs(self.config, mode)
     if setting is not None:
       kwargs.update(learning_rate=setting.lr, weight_decay=setting.weight_decay)
-    return adapt.memo_optimizer(mode, adapt.memo_mask(self.params, option, self.plan.group_map),
-                                **kwargs)
+    return adapt.traced_optimizer(
+        mode, adapt.memo_mask(self.params, option, self.plan.group_map), **kwargs)
+
+  def _function(self, key, make):
+    """`make()`'s compiled function, made once per `key`: the lrs and decays of a search
+    are traced arguments, so its candidates and the held-out stream share a program."""
+    if key not in self._compiled:
+      self._compiled[key] = make()
+    return self._compiled[key]
 
   def _adapt(self, images, labels, mode, option, setting, checkpoint=None):
-    """One MEMO stream; compiled once per (mode, option, setting), so the held-out
-    stream reuses its tuning stream's compilation."""
-    key = (mode, option, setting)
-    if key not in self._compiled:
-      tx = self._optimizer(mode, option, setting)
-      fn = adapt.make_adapt_predict(self.model, tx, self._steps(setting), self.config.num_copies,
-                                    model_state=self.model_state)
-      self._compiled[key] = fn, tx.init(self.params)
-    fn, opt_state = self._compiled[key]
+    """One MEMO stream; compiled once per (mode, option, steps, which of lr and weight
+    decay are traced)."""
+    build, hyper = self._optimizer(mode, option, setting)
+    steps = self._steps(setting)
+    fn = self._function((mode, option, steps, tuple(hyper)), lambda: adapt.make_adapt_predict(
+        self.model, build, steps, self.config.num_copies, model_state=self.model_state))
+    opt_state = build(**hyper).init(self.params)
     start, params, predictions = 0, self.params, ()
     if checkpoint is not None:
       start, params, opt_state, predictions = (checkpoint.restore(params, opt_state)
@@ -392,7 +398,7 @@ class _Runner:
     return adapt.run_stream(
         fn, params, opt_state, images, labels, mode, self.config.seed, start=start,
         predictions=predictions, on_progress=checkpoint and checkpoint.save,
-        progress_every=self.config.get('stream_save_every', 500))
+        progress_every=self.config.get('stream_save_every', 500), hyper=hyper)
 
   def tune(self, shift, mode, option, images, labels, stages):
     """The best setting on the tuning set and its accuracy; each candidate's stream is a
@@ -447,10 +453,13 @@ class _Runner:
   def _adapt_together(self, images, labels, pairs, checkpoint=None):
     """The episodic one-step streams of `pairs` [(option, setting)], in one pass over
     the images (resumed from `checkpoint` when given)."""
-    txs = [self._optimizer('episodic', option, s) for option, s in pairs]
-    fn = adapt.make_episodic_predict_many(self.model, txs, self.config.num_copies,
-                                          model_state=self.model_state)
-    states = tuple(tx.init(self.params) for tx in txs)
+    built = [self._optimizer('episodic', option, s) for option, s in pairs]
+    hypers = tuple(hyper for _, hyper in built)
+    key = ('episodic x', tuple((option, tuple(h)) for (option, _), h in zip(pairs, hypers)))
+    fn = self._function(key, lambda: adapt.make_episodic_predict_many(
+        self.model, [build for build, _ in built], self.config.num_copies,
+        model_state=self.model_state))
+    states = tuple(build(**hyper).init(self.params) for build, hyper in built)
     start, predictions = 0, ()
     if checkpoint is not None:
       start, _, _, predictions = (checkpoint.restore(self.params, states)
@@ -459,7 +468,7 @@ class _Runner:
         fn, self.params, states, images, labels, self.config.seed, start=start,
         predictions=predictions,
         on_progress=checkpoint and (lambda done, p: checkpoint.save(done, None, None, p)),
-        progress_every=self.config.get('stream_save_every', 500))
+        progress_every=self.config.get('stream_save_every', 500), hypers=hypers)
 
   def one_step_episodic(self, method, setting):
     """Whether `method` is episodic with one step: its held-out stream can share a pass

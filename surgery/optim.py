@@ -37,7 +37,8 @@ def base_optimizer(name: str = 'adam', learning_rate: Any = 1e-3, weight_decay: 
   if name == 'adamw':
     chain.append(optax.adamw(learning_rate, weight_decay=weight_decay))
   else:
-    if weight_decay:
+    # A traced decay (MEMO's `traced_optimizer`) counts as non-zero: no truth test on it.
+    if not isinstance(weight_decay, (int, float)) or weight_decay:
       chain.append(optax.add_decayed_weights(weight_decay))
     if name == 'adam':
       chain.append(optax.adam(learning_rate))

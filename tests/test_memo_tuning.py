@@ -14,7 +14,8 @@ from experiments import memo_tuning as T
 from surgery import models
 from surgery.errors import SurgeryError
 from surgery.memo.adapt import (image_keys, make_adapt_predict, make_episodic_predict_many,
-                                memo_group_map, memo_mask, memo_optimizer, run_stream)
+                                memo_group_map, memo_mask, memo_optimizer, run_stream,
+                                traced_optimizer)
 from test_main import _rows
 from test_memo_runner import assert_stops_with_one_line, tiny_memo_config
 
@@ -83,18 +84,46 @@ def tiny_stream():
 def test_episodic_candidates_share_one_gradient_and_equal_their_own_streams(tiny_stream, option):
   spec, params, images, _ = tiny_stream
   mask = memo_mask(params, option, memo_group_map(spec))
-  txs = [memo_optimizer('episodic', mask, learning_rate=lr, weight_decay=wd)
-         for lr, wd in ((1e-2, 0.0), (1e-3, 0.0), (1e-3, 1e-2))]
-  many = make_episodic_predict_many(spec.module, txs, num_copies=4)
-  states = tuple(tx.init(params) for tx in txs)
+  built = [traced_optimizer('episodic', mask, learning_rate=lr, weight_decay=wd)
+           for lr, wd in ((1e-2, 1e-4), (1e-3, 1e-4), (1e-3, 1e-2))]
+  hypers = tuple(hyper for _, hyper in built)
+  many = make_episodic_predict_many(spec.module, [b for b, _ in built], num_copies=4)
+  states = tuple(b(**h).init(params) for b, h in built)
   keys = image_keys(0, 2)
-  alone = [make_adapt_predict(spec.module, tx, steps=1, num_copies=4) for tx in txs]  # compiled once
+  traces = []  # the optimizer is built once per trace of the program
+  alone = make_adapt_predict(spec.module, lambda **h: traces.append(h) or built[0][0](**h),
+                             steps=1, num_copies=4)
   for i in range(2):
-    got = np.asarray(many(params, states, images[i], keys[i]))
-    for k, tx in enumerate(txs):
-      ref = np.asarray(alone[k](params, tx.init(params), images[i], keys[i])[2])
+    got = np.asarray(many(params, states, images[i], keys[i], hypers))
+    for k, (build, hyper) in enumerate(built):
+      ref = np.asarray(alone(params, build(**hyper).init(params), images[i], keys[i], hyper)[2])
       np.testing.assert_allclose(got[k], ref, rtol=1e-5, atol=1e-5)
     assert np.abs(got[0] - got[1]).max() > 1e-4  # the candidates do differ
+  assert len(traces) == 1  # one program for the three candidates
+
+
+def test_traced_learning_rates_share_one_program_and_equal_baked_ones_bitwise(tiny_stream):
+  spec, params, images, labels = tiny_stream
+  mask = memo_mask(params, 'first_layer', memo_group_map(spec))
+  leaves = lambda out: jax.tree_util.tree_leaves((out['params'], out['opt_state'],
+                                                  out['logits']))
+  fn, runs, traces = None, [], []
+  for lr, wd in ((0.05, 1e-3), (0.01, 1e-2)):  # SGD with decay: both values traced
+    build, hyper = traced_optimizer('online', mask, learning_rate=lr, weight_decay=wd)
+    assert hyper == {'learning_rate': lr, 'weight_decay': wd}
+    fn = fn or make_adapt_predict(spec.module, lambda **h: traces.append(h) or build(**h),
+                                  num_copies=2)
+    traced = run_stream(fn, params, build(**hyper).init(params), images[:3], labels[:3],
+                        'online', progress=False, hyper=hyper)
+    tx = memo_optimizer('online', mask, learning_rate=lr, weight_decay=wd)
+    baked = run_stream(make_adapt_predict(spec.module, tx, num_copies=2), params,
+                       tx.init(params), images[:3], labels[:3], 'online', progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(traced), leaves(baked)))
+    runs.append(traced)
+  assert len(traces) == 1  # the first lr's program ran the second
+  assert not np.array_equal(runs[0]['logits'], runs[1]['logits'])
+  # A zero decay is baked in (no decay transform): not a traced value.
+  assert traced_optimizer('online', mask, learning_rate=0.05)[1] == {'learning_rate': 0.05}
 
 
 class _Stop(Exception):

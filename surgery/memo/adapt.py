@@ -1,4 +1,4 @@
-"""MEMO test-time adaptation with surgical freezing, one compiled call per test image.
+"""MEMO test-time adaptation with surgical freezing, one image at a time.
 
 MEMO (Zhang, Levine & Finn, 2021) adapts to a single test image by minimising the
 entropy of the model's average prediction over augmented copies of it, then predicts
@@ -13,7 +13,7 @@ option name -> group spec over it (see `surgery/models/resnet26.py` for the pape
 options). Everything here takes that pair from the caller (`memo_group_map(spec)`).
 """
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -94,11 +94,47 @@ def memo_optimizer(mode: str, mask: Any, optimizer: Optional[str] = None,
   return surgical(base, mask)
 
 
-def make_adapt_predict(model, optimizer: optax.GradientTransformation,
-                       steps: int = STEPS, num_copies: int = NUM_COPIES,
-                       severity: float = MEMO_SEVERITY, model_state: Optional[dict] = None):
-  """A jitted `(params, opt_state, image_uint8_HWC, key) -> (params, opt_state, logits)`.
+def traced_optimizer(mode: str, mask: Any, optimizer: Optional[str] = None,
+                     learning_rate: Optional[float] = None,
+                     weight_decay: Optional[float] = None,
+                     momentum: float = 0.0) -> Tuple[Callable[..., optax.GradientTransformation],
+                                                     dict]:
+  """(build, hyper): `memo_optimizer`'s transformation as `build(**hyper)`, with its
+  learning rate (and weight decay, when not zero) in `hyper` rather than baked in.
 
+  `make_adapt_predict(model, build)` traces `hyper`, so one compiled program serves
+  every learning rate and decay of a search; baked in, each value was a compilation of
+  its own (3 to 5 s for ResNet-26). A zero decay stays baked in: for `sgd` and `adam`
+  it means no decay transform at all, another program. `build(**hyper).init(params)` is
+  the optimizer state, whose structure does not depend on the values.
+  """
+  d = DEFAULTS[mode] if mode in MODES else {}
+  lr = d.get('learning_rate') if learning_rate is None else learning_rate
+  wd = d.get('weight_decay') if weight_decay is None else weight_decay
+  hyper = {'learning_rate': lr} if not wd else {'learning_rate': lr, 'weight_decay': wd}
+
+  def build(learning_rate, weight_decay=0.0):
+    return memo_optimizer(mode, mask, optimizer, learning_rate, weight_decay, momentum)
+
+  build(**hyper)  # a bad mode or optimizer name fails here, in one line
+  return build, hyper
+
+
+def _builder(optimizer) -> Callable[..., optax.GradientTransformation]:
+  if isinstance(optimizer, optax.GradientTransformation):
+    return lambda: optimizer
+  return optimizer
+
+
+def make_adapt_predict(model, optimizer, steps: int = STEPS, num_copies: int = NUM_COPIES,
+                       severity: float = MEMO_SEVERITY, model_state: Optional[dict] = None):
+  """`(params, opt_state, image_uint8_HWC, key, hyper=None) -> (params, opt_state,
+  logits)`: the image's augmentations, then one compiled program for its updates and
+  prediction.
+
+  `optimizer` is a GradientTransformation, or a function of keyword hyperparameters
+  returning one (`traced_optimizer`'s `build`); `hyper`, the dict of those
+  hyperparameters, is then an argument, traced, so every value runs the same program.
   Each of `steps` updates draws fresh augmentations (as MEMO re-augments per
   iteration); the network runs in eval mode throughout (MEMO calls `net.eval()`), so
   BatchNorm statistics in `model_state` are used, never updated. `model` is a Linen
@@ -107,23 +143,29 @@ def make_adapt_predict(model, optimizer: optax.GradientTransformation,
   of -0.0, so `optax.apply_updates` returns them bitwise unchanged.
   """
   logits_of, loss_fn = _memo_functions(model, model_state)
+  build = _builder(optimizer)
 
-  def adapt_predict(params, opt_state, image, key):
-    def step(i, carry):
-      p, s = carry
-      batch = augment_batch_float(jax.random.fold_in(key, i), image, num_copies, severity)
-      grads = jax.grad(loss_fn)(p, batch)
-      updates, s = optimizer.update(grads, s, p)
-      return optax.apply_updates(p, updates), s
-
+  @jax.jit
+  def adapt_on(params, opt_state, batches, image, hyper):
+    tx = build(**(hyper or {}))
     # A Python loop, not lax.fori_loop: XLA:CPU ran the convolutions inside a while
     # loop's body about 15x slower (2.8 s vs 0.18 s per image for `all`, 32 copies).
-    for i in range(steps):
-      params, opt_state = step(i, (params, opt_state))
+    for batch in batches:
+      grads = jax.grad(loss_fn)(params, batch)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
     logits = logits_of(params, to_float_images(image[None]))[0]
     return params, opt_state, logits
 
-  return jax.jit(adapt_predict)
+  def adapt_predict(params, opt_state, image, key, hyper=None):
+    # The augmentations do not depend on the weights, so they are a program of their
+    # own, compiled once per (copies, severity): inside this one, AugMix was 80% of
+    # each (option, steps, optimizer)'s compilation.
+    batches = [augment_batch_float(jax.random.fold_in(key, i), image, num_copies, severity)
+               for i in range(steps)]
+    return adapt_on(params, opt_state, batches, image, hyper)
+
+  return adapt_predict
 
 
 def _memo_functions(model, model_state):
@@ -142,37 +184,43 @@ def _memo_functions(model, model_state):
 def make_episodic_predict_many(model, optimizers, num_copies: int = NUM_COPIES,
                                severity: float = MEMO_SEVERITY,
                                model_state: Optional[dict] = None):
-  """A jitted `(params, opt_states, image_uint8_HWC, key) -> logits [K, classes]`: one
-  episodic MEMO step per optimizer in `optimizers`, all from one gradient.
+  """`(params, opt_states, image_uint8_HWC, key, hypers=None) -> logits [K, classes]`:
+  one episodic MEMO step per optimizer in `optimizers`, all from one gradient.
 
-  Equal to K calls of `make_adapt_predict(model, tx_k, steps=1)` from the same params
-  and fresh states: a first step's augmentations (`fold_in(key, 0)`), hence its gradient,
-  do not depend on the optimizer, so K candidates of an episodic search (lr, weight
-  decay) cost about one. Only the first step shares; later steps start from different
-  weights.
+  Each optimizer is a GradientTransformation or a `build` function as in
+  `make_adapt_predict`; `hypers` then holds one dict per optimizer (`{}` for a fixed
+  one), traced. Equal to K calls of `make_adapt_predict(model, tx_k, steps=1)` from the
+  same params and fresh states: a first step's augmentations (`fold_in(key, 0)`), hence
+  its gradient, do not depend on the optimizer, so K candidates of an episodic search
+  (lr, weight decay) cost about one. Only the first step shares; later steps start
+  from different weights.
   """
   logits_of, loss_fn = _memo_functions(model, model_state)
-  optimizers = tuple(optimizers)
+  builds = tuple(_builder(tx) for tx in optimizers)
 
-  def predict_many(params, opt_states, image, key):
-    batch = augment_batch_float(jax.random.fold_in(key, 0), image, num_copies, severity)
+  @jax.jit
+  def predict_on(params, opt_states, batch, image, hypers):
     grads = jax.grad(loss_fn)(params, batch)
     x = to_float_images(image[None])
     logits = []
-    for tx, state in zip(optimizers, opt_states):
-      updates, _ = tx.update(grads, state, params)
+    for build, state, hyper in zip(builds, opt_states, hypers or [{}] * len(builds)):
+      updates, _ = build(**hyper).update(grads, state, params)
       logits.append(logits_of(optax.apply_updates(params, updates), x)[0])
     return jnp.stack(logits)
 
-  return jax.jit(predict_many)
+  def predict_many(params, opt_states, image, key, hypers=None):
+    batch = augment_batch_float(jax.random.fold_in(key, 0), image, num_copies, severity)
+    return predict_on(params, opt_states, batch, image, hypers)
+
+  return predict_many
 
 
 def run_episodic_many(predict_many, params: Any, opt_states, images: np.ndarray,
                       labels: np.ndarray, seed: int = 0, progress: bool = True, *,
                       start: int = 0, predictions=(), on_progress: Optional[Callable] = None,
-                      progress_every: int = 500) -> list:
-  """The episodic streams of a `make_episodic_predict_many` function's K candidates, in
-  one pass: per candidate, what `run_stream` returns (accuracy, correct, predictions;
+                      progress_every: int = 500, hypers=None) -> list:
+  """The episodic streams of a `make_episodic_predict_many` function's K candidates
+  (with their traced `hypers`, if any), in one pass: per candidate, what `run_stream` returns (accuracy, correct, predictions;
   images_per_second is the shared pass's, compilation excluded). The same per-image
   keys as `run_stream`, so each candidate's stream is the one it would run alone.
 
@@ -192,8 +240,8 @@ def run_episodic_many(predict_many, params: Any, opt_states, images: np.ndarray,
   began = None
   for i in tqdm(range(start, n), desc=f'MEMO episodic x{k}', disable=not progress,
                 leave=False, total=n, initial=start):
-    preds[:, i] = np.argmax(np.asarray(predict_many(params, opt_states, images[i], keys[i])),
-                            axis=-1)
+    preds[:, i] = np.argmax(
+        np.asarray(predict_many(params, opt_states, images[i], keys[i], hypers)), axis=-1)
     if i == start:
       began = time.perf_counter()
     done = i + 1
@@ -211,8 +259,9 @@ def image_keys(seed: int, n: int) -> np.ndarray:
 def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
                labels: np.ndarray, mode: str, seed: int = 0, progress: bool = True, *,
                start: int = 0, predictions=(), on_progress: Optional[Callable] = None,
-               progress_every: int = 500) -> dict:
-  """Adapts-then-predicts each image in order with a `make_adapt_predict` function.
+               progress_every: int = 500, hyper: Optional[dict] = None) -> dict:
+  """Adapts-then-predicts each image in order with a `make_adapt_predict` function
+  (and its traced `hyper`, if it takes any).
 
   Episodic mode hands every image the same pre-trained `params` and fresh `opt_state`
   (jax arrays are immutable, so nothing can leak between images); online mode feeds
@@ -241,7 +290,7 @@ def run_stream(adapt_predict, params: Any, opt_state: Any, images: np.ndarray,
   bar = tqdm(total=n, initial=start, desc=f'MEMO {mode}', disable=not progress, leave=False)
   began = None
   for i in range(start, n):
-    new_p, new_s, logits = adapt_predict(p, s, images[i], keys[i])
+    new_p, new_s, logits = adapt_predict(p, s, images[i], keys[i], hyper)
     if mode == 'online':
       p, s = new_p, new_s
     # Host sync per image: bounds the dispatch queue and feeds the progress bar.
@@ -296,6 +345,7 @@ def adapt_stream(model, params: Any, images: np.ndarray, labels: np.ndarray,
   the final `params` (the pre-trained ones when episodic).
   """
   mask = memo_mask(params, option, group_map)
-  tx = memo_optimizer(mode, mask, optimizer, learning_rate, weight_decay, momentum)
-  fn = make_adapt_predict(model, tx, steps, num_copies, severity, model_state)
-  return run_stream(fn, params, tx.init(params), images, labels, mode, seed, progress)
+  build, hyper = traced_optimizer(mode, mask, optimizer, learning_rate, weight_decay, momentum)
+  fn = make_adapt_predict(model, build, steps, num_copies, severity, model_state)
+  return run_stream(fn, params, build(**hyper).init(params), images, labels, mode, seed,
+                    progress, hyper=hyper)
