@@ -29,7 +29,10 @@ def _free_port() -> int:
 
 def _launch(flags, workdir, processes, devices, extra=(), env_extra=None):
   """Starts the run's processes; returns them (process 0 first)."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # conftest's 8 devices
+  env = dict(os.environ)
+  # conftest's 8 devices give way to JAX_NUM_CPU_DEVICES; its other flags (O0) stay.
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if not f.startswith('--xla_force_host_platform_device_count'))
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED='1',
              SURGERY_CACHE_DIR=os.path.join(os.path.dirname(workdir), 'cache'),
              **(env_extra or {}))
