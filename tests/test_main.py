@@ -167,9 +167,19 @@ def test_model_name_switches_to_that_models_own_options(tiny):
 
 
 def _cli(*flags, cwd=REPO):
+  return _cli_many([flags], cwd)[0]
+
+
+def _cli_many(runs, cwd=REPO):
+  """Runs the CLI once per flag list, side by side (each is mostly Python starting up);
+  returns the finished processes, with `stdout` and `stderr` read."""
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'experiments.main', *flags], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+  procs = [subprocess.Popen([sys.executable, '-m', 'experiments.main', *flags], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for flags in runs]
+  for p in procs:
+    p.stdout, p.stderr = p.communicate(timeout=300)
+  return procs
 
 
 def _assert_one_error_line(proc, words):
@@ -199,8 +209,8 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
       (['--config=configs/cifar10c.py', f'--workdir={tmp_path}/w',
         '--config.corruptions=gaussian_noise,fog_of_war'], "unknown shift 'fog_of_war'"),
   ]
-  for flags, words in cases:
-    _assert_one_error_line(_cli(*flags), words)
+  for proc, (_, words) in zip(_cli_many([flags for flags, _ in cases]), cases):
+    _assert_one_error_line(proc, words)
   assert (bad_csv / 'results.csv').read_text() == 'this is,not\na results file\n'
   assert a_file.read_text() == 'x'
 
