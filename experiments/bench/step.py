@@ -3,11 +3,15 @@
     python -m experiments.bench [--model resnet26] [--steps 20] [--rounds 5] [--no_torch]
     python -m experiments.bench --model resnet50 --batch 256 --dtype bfloat16   # on a GPU
 
-For each method (the model's surgical methods, then auto_rgn) it reports the median
-step time, the optimizer-state bytes and, when torch is installed and the model has a
-torch twin (`experiments.bench.torch_reference.from_spec`), the same step in PyTorch
-(freezing by requires_grad=False), measured in alternating rounds in this one process
-so machine noise hits both alike. The last line printed is one JSON object with every
+For each method (the model's surgical methods, then every registered method that tunes
+the whole model through an optimizer wrapper alone, with its default settings) it
+reports the median step time of the runner's own optimizer (`finetune.make_optimizer`),
+the optimizer-state bytes and, when torch is installed and the model has a torch twin
+(`experiments.bench.torch_reference.from_spec`), the same step in PyTorch (freezing by
+requires_grad=False; a wrapper method only where it has a torch twin,
+`torch_reference.METHOD_TWINS`), measured in alternating rounds in this one process so
+machine noise hits both alike. An epoch is the paper's 1,000 tuning images, for methods
+that act per epoch. The last line printed is one JSON object with every
 figure.
 
 With `--dtype bfloat16` both run mixed precision: the Flax model computes in bfloat16
@@ -25,28 +29,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ml_collections
+
 import surgery
+from experiments import finetune
 from surgery import models
 from surgery.errors import SurgeryError
+from surgery.groups import assign_groups
+from surgery.methods import registry
+from surgery.methods.registry import Context
 
-GENERIC_METHODS = ('auto_rgn',)  # benchmarked beside the model's own methods
+TUNE_IMAGES = 1000  # the paper's target tune set: an epoch, for methods acting per epoch
 
 
 def method_names(spec) -> list:
-  return list(spec.methods) + [m for m in GENERIC_METHODS if m not in spec.methods]
+  """The model's own methods, then each registered method that tunes the whole model
+  through an optimizer wrapper alone (no epoch hook, no extra loss)."""
+  wrapped = [n for n, m in registry.all_methods().items()
+             if m.trains and m.wrap and m.groups == 'all' and not m.before_epoch
+             and not m.extra_loss]
+  return list(spec.methods) + [n for n in wrapped if n not in spec.methods]
+
+
+def _method(spec, name):
+  """(method, its settings at their defaults, its hparam: the first value of its grid)."""
+  method = registry.resolve(name, spec)
+  settings = registry.settings(method, {}) if method.section else None
+  hparam = float(settings[method.grid_field][0]) if method.hparam else None
+  return method, settings, hparam
 
 
 def _mask(spec, method, params):
-  group_spec = 'all' if method == 'auto_rgn' else spec.methods[method]
-  return surgery.trainable_mask(params, spec.groups, group_spec)
+  return surgery.trainable_mask(params, spec.groups, registry.resolve(method, spec).groups)
+
+
+def _optimizer(spec, name, params, mask, batch, lr, wd):
+  method, settings, hparam = _method(spec, name)
+  ctx = Context(-(-TUNE_IMAGES // batch), assign_groups(params, spec.groups), spec.groups,
+                settings, hparam)
+  config = ml_collections.ConfigDict(dict(optimizer='adam', weight_decay=wd, epochs=1))
+  return finetune.make_optimizer(config, method, lr, mask, ctx)
 
 
 def _jax_runner(spec, method, variables, images, labels, lr=1e-4, wd=1e-4):
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   mask = _mask(spec, method, params)
-  base = surgery.base_optimizer('adam', lr, wd)
-  tx = surgery.surgical(surgery.auto_rgn(base) if method == 'auto_rgn' else base, mask)
+  tx = _optimizer(spec, method, params, mask, len(images), lr, wd)
   mesh = surgery.data_mesh() if jax.device_count() > 1 else None
   step = surgery.make_train_step(spec.module, tx, mesh=mesh, donate=True)
   # Copies: the donated step deletes the state's buffers, and `variables` is shared.
@@ -79,7 +108,8 @@ def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
   import contextlib
 
   import torch
-  from experiments.bench.torch_reference import from_spec, to_input, tuned_parameters
+  from experiments.bench.torch_reference import (METHOD_TWINS, from_spec, to_input,
+                                                 tuned_named_parameters)
   torch.manual_seed(0)
   device = _torch_device()
   bf16 = spec.overrides.get('dtype') == 'bfloat16'
@@ -89,12 +119,17 @@ def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
   torch.backends.cudnn.benchmark = True  # lets cuDNN pick its fastest kernels, as trainers do
   autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else (
       contextlib.nullcontext)
-  tuned = tuned_parameters(net, _mask(spec, method, params), spec)
+  names, tuned = zip(*tuned_named_parameters(net, _mask(spec, method, params), spec))
   ids = {id(p) for p in tuned}
   for p in net.parameters():
     p.requires_grad_(id(p) in ids)
   groups = [{'params': [p], 'lr': lr} for p in tuned]
   opt = torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+  twin = None
+  if method not in spec.methods:  # a wrapper method: its torch twin sets per-tensor lrs
+    _, settings, _ = _method(spec, method)
+    twin = METHOD_TWINS[method](groups, names, lr, -(-TUNE_IMAGES // len(images)), settings,
+                                spec)
   x = to_input(images, spec).to(device, memory_format=layout)
   y = torch.from_numpy(labels.astype(np.int64)).to(device)
 
@@ -105,13 +140,8 @@ def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
         logits = net(x)
       loss = torch.nn.functional.cross_entropy(logits.float(), y)
       loss.backward()
-      if method == 'auto_rgn':
-        with torch.no_grad():
-          rgn = torch.stack([g['params'][0].grad.norm() / g['params'][0].norm().clamp_min(1e-12)
-                             for g in groups]).tolist()
-        top = max(rgn)
-        for g, r in zip(groups, rgn):
-          g['lr'] = lr * r / top
+      if twin is not None:
+        twin()
       opt.step()
     if device == 'cuda':
       torch.cuda.synchronize()
@@ -127,7 +157,7 @@ def main(argv=None):
   ap.add_argument('--rounds', type=int, default=5)
   ap.add_argument('--batch', type=int, default=0, help='default: 64 at 32x32, 32 above')
   ap.add_argument('--methods', default='', help="comma-separated; default: the model's "
-                  'methods and auto_rgn')
+                  'methods and the whole-model optimizer-wrapper methods')
   ap.add_argument('--num_classes', type=int, default=0,
                   help="the head's classes (default: the model's own, e.g. 1000 for resnet50)")
   ap.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
@@ -147,12 +177,13 @@ def main(argv=None):
   if unknown:
     raise SystemExit(f'unknown method(s) {unknown}; valid: {valid}')
 
-  torch_version = None
+  torch_version, twins = None, ()
   if not args.no_torch:
     try:
       import torch
       from experiments.bench import torch_reference
       torch_version = torch.__version__ if torch_reference.from_spec(spec) is not None else None
+      twins = tuple(spec.methods) + tuple(torch_reference.METHOD_TWINS)
     except ImportError:
       pass
 
@@ -166,7 +197,7 @@ def main(argv=None):
   rows = {}
   for method in methods:
     runners = {'jax': _jax_runner(spec, method, variables, images, labels)}
-    if torch_version:
+    if torch_version and method in twins:
       runners['torch'] = _torch_runner(spec, method, variables['params'], images, labels)
     times = {k: [] for k in runners}
     for run, *_ in runners.values():
@@ -179,7 +210,7 @@ def main(argv=None):
     row = {'jax_ms': 1e3 * statistics.median(times['jax']),
            'jax_images_per_s': args.batch / statistics.median(times['jax']),
            'jax_opt_state_bytes': runners['jax'][1], 'jax_peak_bytes': runners['jax'][2]}
-    if torch_version:
+    if 'torch' in runners:
       row['torch_ms'] = 1e3 * statistics.median(times['torch'])
       row['torch_images_per_s'] = args.batch / statistics.median(times['torch'])
       row['torch_opt_state_bytes'] = runners['torch'][1]
@@ -190,7 +221,8 @@ def main(argv=None):
           f'  state {row["jax_opt_state_bytes"]:>9d} B'
           + (f'  peak {peak / 2**20:7.1f} MiB' if peak is not None else '')
           + (f'  | torch {row["torch_ms"]:8.1f} ms {row["torch_images_per_s"]:7.0f} img/s'
-             f'  jax/torch {row["jax_over_torch"]:.2f}' if torch_version else ''), flush=True)
+             f'  jax/torch {row["jax_over_torch"]:.2f}' if 'torch' in runners else ''),
+          flush=True)
 
   if 'all' in rows:
     for m, row in rows.items():

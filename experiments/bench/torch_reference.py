@@ -225,9 +225,49 @@ def tuned_parameters(net, mask, spec=None):
   Raises:
     ValueError: a tuned Flax parameter has no torch twin (the models disagree).
   """
-  tuned = {_torch_name(spec, path_str(p)) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+  return [p for _, p in tuned_named_parameters(net, mask, spec)]
+
+
+def tuned_named_parameters(net, mask, spec=None):
+  """(Flax path, torch parameter) of each parameter `tuned_parameters` returns."""
+  tuned = {_torch_name(spec, path_str(p)): path_str(p)
+           for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
   named = dict(net.named_parameters())
-  missing = sorted(tuned - set(named))
+  missing = sorted(set(tuned) - set(named))
   if missing:
     raise ValueError(f'no torch parameter for {missing[:4]}')
-  return [p for name, p in named.items() if name in tuned]
+  return [(tuned[name], p) for name, p in named.items() if name in tuned]
+
+
+def auto_rgn_twin(groups, paths, lr, steps_per_epoch, settings, spec=None):
+  """Auto-RGN in torch (`surgery.methods.auto_rgn` with `settings`), for the benchmark:
+  `groups` are one-tensor Adam param groups, `paths` their Flax paths; the returned
+  function, called after each backward, sets each group's lr to `lr` times the tensor's
+  relative gradient norm, averaged over the first `window` steps of each refresh
+  period and divided by the largest; norm tensors are left out (weight 0) when
+  `exclude_norm`. Adam is not reset (`reset_inner` False, the default)."""
+  from surgery.methods.auto_rgn import is_norm_tensor
+  every = steps_per_epoch if settings['refresh'] == 'epoch' else 1
+  window = min(int(settings['window']), every)
+  keep = [not (settings['exclude_norm'] and is_norm_tensor(p)) for p in paths]
+  state = {'count': 0, 'sums': torch.zeros(len(groups))}
+
+  def after_backward():
+    phase = state['count'] % every
+    state['count'] += 1
+    if phase >= window:
+      return
+    with torch.no_grad():
+      rgn = torch.stack([g['params'][0].grad.norm() / g['params'][0].norm().clamp_min(1e-12)
+                         for g in groups])
+    state['sums'] = (state['sums'] if phase else 0) + rgn
+    mean = [float(m) if k else 0.0 for m, k in zip(state['sums'] / (phase + 1), keep)]
+    top = max(mean) or 1.0
+    for g, m in zip(groups, mean):
+      g['lr'] = lr * m / top
+
+  return after_backward
+
+
+# A wrapper method's torch twin, by method name (the benchmark's torch column).
+METHOD_TWINS = {'auto_rgn': auto_rgn_twin}

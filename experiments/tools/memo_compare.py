@@ -20,11 +20,10 @@ from experiments import paper_tables
 from surgery.report import store
 from experiments.memo import load_stream
 from surgery.errors import SurgeryError
+from surgery.methods.baselines import NO_ADAPTATION as NONE
 
 _OUT = flags.DEFINE_string('markdown', None, 'The markdown file to write.')
 flags.mark_flag_as_required('markdown')
-
-NONE = 'no_adaptation'
 
 
 def gain(workdir, shift, method):
