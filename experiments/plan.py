@@ -267,7 +267,8 @@ def make_plan(config) -> Plan:
     for seed in seeds:
       for name in run_methods:
         method = registry.resolve(name, model)
-        lrs = [0.0] if method.evaluate_only else grids['last_lrs' if method.head_lrs else 'lrs']
+        one = method.evaluate_only or method.train is not None  # no lr grid of its own
+        lrs = [0.0] if one else grids['last_lrs' if method.head_lrs else 'lrs']
         for lr in lrs:
           for hp in _hparam_grid(config, method):
             runs.append(Run(shift, name, lr, seed, hp))

@@ -108,7 +108,8 @@ def _selectors(plan) -> list:
 
 
 def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True):
-  """One results.csv row: fine-tune (or just evaluate, for evaluate-only methods)."""
+  """One results.csv row: fine-tune (or just evaluate, for evaluate-only methods; or the
+  method's own loop over runs, `Method.train`)."""
   start = time.time()
   tune, val, test = data
   method = plan.method(run.method)
@@ -117,12 +118,19 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
     fields = dict(best_epoch=0,
                   **{f'val_{k}': v for k, v in runner.metrics(params, model_state, val).items()},
                   **{f'test_{k}': v for k, v in runner.metrics(params, model_state, test).items()})
+  elif method.train is not None:
+    fields, history, records = method.train(registry.TrainContext(
+        start=lambda name, lr, hparam=None: runner.start(
+            params, model_state, plan.method(name), lr, run.seed, tune, val, test, hparam),
+        settings=registry.settings(method, plan.config), epochs=int(plan.config.epochs),
+        options=tuple(registry.surgical_options(plan.model)),
+        head_options=tuple(plan.model.head_methods)))
   else:
     fields, history, records = runner.run(params, model_state, method, run.lr, run.seed, tune,
                                           val, test, desc=f'{run.method} lr={run.lr:g} {run.hparam}',
                                           hparam=run.hparam_value)
-    if records and method.save_records is not None and primary:
-      method.save_records(workdir, run, records)
+  if method.trains and records and method.save_records is not None and primary:
+    method.save_records(workdir, run, records)
   row = dict(shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
              n_tune=len(tune[1]), n_val=len(val[1]), n_test=len(test[1]),
              seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint,

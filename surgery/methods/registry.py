@@ -14,7 +14,9 @@ runner needs to know about it:
   - what it leaves beside its rows (`epoch_record`, `save_records` into
     `records_folder`) and the summary section made from them (`report`);
   - `evaluate_only` (no training: no adaptation) or `select` (not a run but a choice
-    over other runs, `candidates`: Cross-Val).
+    over other runs, `candidates`: Cross-Val);
+  - or `train`, its own loop over runs of other methods (`TrainContext.start`), one
+    row per shift and seed (probe_commit: a probe over arms, then one of them).
 
 Surgical methods (tune one block) come from the model spec (`spec.methods`), since only
 a model knows its groups. `register` adds a method defined outside this package.
@@ -52,6 +54,19 @@ class EpochContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainContext:
+  """What a method with its own loop (`Method.train`) may use, for one shift and seed."""
+  # start(method name, lr, hparam=None) -> a run of that method on this shift and seed,
+  # advanced by `.epoch()` (-> validation metrics; `.best_val` is the best so far on the
+  # selection metric) and scored by `.finish()` (-> row fields, history, records).
+  start: Callable
+  settings: Any  # the method's config section over its defaults
+  epochs: int  # the config's epochs per run
+  options: tuple  # the model's surgical options, in network order
+  head_options: tuple  # those of them swept over the head's lr grid
+
+
+@dataclasses.dataclass(frozen=True)
 class ReportContext:
   """What a method's `report` may read when summary.md is written."""
   workdir: str
@@ -82,6 +97,9 @@ class Method:
   # select(rows, candidates, metric, planned) -> rows: a choice among other runs.
   select: Optional[Callable] = None
   candidates: Optional[Callable[[Any], list]] = None  # (model spec) -> method names
+  # train(ctx: TrainContext) -> (row fields, history, records): runs its own loop; planned
+  # once per shift and seed (lr 0 in its key).
+  train: Optional[Callable] = None
   epoch_record: Optional[Callable[[Any], Any]] = None  # (opt_state) -> kept per epoch
   save_records: Optional[Callable] = None  # (workdir, run, records) after a run
   records_folder: str = ''  # where in the workdir save_records writes (one file per run)

@@ -168,8 +168,8 @@ class ResultsCsv:
   def add(self, row: dict):
     """Adds (or replaces, same run key) one run and rewrites the file atomically.
 
-    Keys of `row` that are neither a header column nor a val_*/test_* metric are
-    not written.
+    Keys of `row` that are neither a header column, a val_*/test_* metric nor `PICKED`
+    (the arm a one-run method committed to) are not written.
     """
     self.add_many([row])
 
@@ -181,7 +181,7 @@ class ResultsCsv:
       new.pop(key, None)  # a later row of the same run replaces it, last, as `add` would
       new[key] = row
       # A replaced row's metric columns stay too, as after an add per row.
-      metrics += [k for k in row if _is_metric_column(k)]
+      metrics += [k for k in row if _is_metric_column(k) or k == PICKED]
     if not new:
       return
     self.rows = [r for r in self.rows if row_key(r) not in new]

@@ -1,0 +1,149 @@
+"""surgery/methods/probe_commit.py: successive halving over (option, lr) arms inside one
+run, then the committed arm trained on; one row per shift and seed."""
+import copy
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import finetune
+from experiments import sweep as runner
+from experiments.plan import make_plan
+from surgery.errors import SurgeryError
+from surgery.groups import trainable_mask
+from surgery.methods import probe_commit, registry
+from tests.test_main import _rows, tiny  # noqa: F401 (fixture)
+
+
+def test_schedule_commits_to_the_arm_the_curves_say():
+  curves = [[0.50, 0.55],
+            [0.60, 0.58],  # survives rung 1; at rung 2 scores its best so far, 0.60
+            [0.40, 0.90],  # would win later, but is cut at the first rung
+            [0.62, 0.61],
+            [0.62, 0.70],  # ties arm 3 at rung 1 (both kept), wins rung 2
+            [0.10, 0.95]]
+  kept, committed = probe_commit.schedule(curves, rungs=(1, 2), keep=(3, 1))
+  assert kept == [[1, 3, 4], [4]] and committed == 4
+  # Ties go to the arm listed first, at every rung.
+  assert probe_commit.schedule([[0.5, 0.5]] * 3, (1, 2), (2, 1)) == ([[0, 1], [0]], 0)
+  assert probe_commit.schedule([[0.3, 0.8], [0.8, 0.3]], (2,), (1,)) == ([[0]], 0)
+  assert probe_commit.halve([5, 2, 9], {5: 0.1, 2: 0.7, 9: 0.7}, 2) == [2, 9]
+
+
+def test_default_arms_and_bad_settings():
+  settings = dict(probe_commit.DEFAULTS)
+  options = ('first_layer', 'block1', 'block2', 'block3', 'last')
+  assert probe_commit.arms(settings, options, ('last',)) == [
+      ('first_layer', 1e-3), ('block1', 1e-3), ('block2', 1e-3), ('block3', 1e-3),
+      ('last', 1e-1), ('last', 1e-2), ('last', 1e-3), ('auto_rgn', 1e-3)]
+  assert probe_commit.arms({**settings, 'arms': ('block2@3e-4', 'all@1e-5')}, options,
+                           ('last',)) == [('block2', 3e-4), ('all', 1e-5)]
+  with pytest.raises(SurgeryError, match="'block2' is not '<method>@<lr>'"):
+    probe_commit.arms({**settings, 'arms': ('block2',)}, options, ('last',))
+  for rungs, keep, words in [((2, 1), (3, 1), 'increasing'), ((1, 2), (3, 2), 'ending at 1'),
+                             ((1, 2), (1, 2), 'non-increasing'), ((1,), (3, 1), 'per rung')]:
+    with pytest.raises(SurgeryError, match=words):
+      probe_commit._check({'rungs': rungs, 'keep': keep})
+
+
+def _probe_config(config):
+  config.methods = ('probe_commit',)
+  config.epochs = 3
+  # Large lrs, so that the tiny model's arms part within 3 epochs.
+  config.probe_commit = dict(probe_commit.DEFAULTS, body_lr=3e-2, head_lrs=(1e-1,),
+                             rungs=(1, 2), keep=(2, 1))
+  return config
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.slow
+def test_one_row_per_shift_and_seed_that_follows_its_curves_and_resumes(tiny, monkeypatch):
+  config, tmp = tiny
+  config = _probe_config(config)
+  whole = str(tmp / 'whole')
+  runner.train_and_evaluate(config, whole)
+  rows = _rows(os.path.join(whole, 'results.csv'))
+  assert [(r['method'], r['lr'], r['seed']) for r in rows] == [('probe_commit', '0', '0')]
+  row = rows[0]
+  with open(os.path.join(whole, 'probe_commit', 'gaussian_noise_seed0.json')) as f:
+    curves = json.load(f)
+  names = list(curves)
+  assert names == ['first_layer@0.03', 'block1@0.03', 'block2@0.03', 'block3@0.03',
+                   'last@0.1', 'auto_rgn@0.03']
+  # Arms cut at rung 1 trained 1 epoch, the other at rung 2 trained 2, the committed 3;
+  # the pick is the one `schedule` makes from those curves.
+  kept, committed = probe_commit.schedule(
+      [c + [c[-1]] * (3 - len(c)) for c in curves.values()], (1, 2), (2, 1))
+  assert sorted(len(c) for c in curves.values()) == [1, 1, 1, 1, 2, 3]
+  assert len(curves[names[committed]]) == 3 and len(kept[0]) == 2
+  method, lr = names[committed].split('@')
+  assert row['picked'] == f'{method} lr={float(lr):g}'
+  best = max(curves[names[committed]])
+  assert float(row['val_acc']) == best
+  assert int(row['best_epoch']) == curves[names[committed]].index(best) + 1
+
+  # The committed run is the run that method makes alone at that lr.
+  alone_config = copy.deepcopy(config)
+  alone_config.methods = (method,)
+  alone_config.lrs = alone_config.last_lrs = (float(lr),)
+  alone = runner.train_and_evaluate(alone_config, str(tmp / 'alone'))
+  keep = ('best_epoch', 'val_acc', 'test_acc', 'n_tune', 'n_val', 'n_test')
+  assert [{k: r[k] for k in keep} for r in alone] == [{k: row[k] for k in keep}]
+
+  # Killed mid-probe (after 4 arm-epochs), then rerun: the same row.
+  cut = str(tmp / 'cut')
+  real, calls = finetune.Arm.epoch, []
+
+  def epoch_then_die(self):
+    calls.append(1)
+    if len(calls) > 4:
+      raise _Killed
+    return real(self)
+
+  with monkeypatch.context() as m:
+    m.setattr(finetune.Arm, 'epoch', epoch_then_die)
+    with pytest.raises(_Killed):
+      runner.train_and_evaluate(config, cut)
+  assert not os.path.exists(os.path.join(cut, 'results.csv')) or not _rows(
+      os.path.join(cut, 'results.csv'))
+  runner.train_and_evaluate(config, cut)
+  again = _rows(os.path.join(cut, 'results.csv'))
+  drop = ('seconds',)
+  assert [{k: v for k, v in r.items() if k not in drop} for r in again] == [
+      {k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def test_the_committed_run_leaves_frozen_leaves_bitwise_unchanged(tiny):
+  config, tmp = tiny
+  config = _probe_config(config)
+  config.epochs = 2
+  config.probe_commit = dict(probe_commit.DEFAULTS, arms=('block2@1e-2', 'last@1e-2'),
+                             rungs=(1,), keep=(1,))
+  plan = make_plan(config)
+  variables = finetune.source_variables(config, str(tmp / 'w'), plan.model)
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  ft = finetune.Finetuner(plan.model, config, None, plan.select_metric)
+  tune, val, test = plan.dataset.target_sets('gaussian_noise', 0)
+  ctx = registry.TrainContext(
+      start=lambda n, lr, hp=None: ft.start(params, model_state, plan.method(n), lr, 0, tune,
+                                            val, test, hp),
+      settings=registry.settings(plan.method('probe_commit'), config), epochs=2,
+      options=tuple(registry.surgical_options(plan.model)), head_options=('last',))
+  run, (name, _), curves = probe_commit.probe(ctx)
+  assert run.epochs_done == 2 and sorted(map(len, curves.values())) == [1, 2]
+  mask = trainable_mask(params, plan.model.groups, plan.method(name).groups)
+  run.epoch()  # make sure the committed weights moved from the start
+  after = run.state.params
+  moved = 0
+  for m, p, q in zip(*(jax.tree_util.tree_leaves(t) for t in (mask, params, after))):
+    if m:
+      moved += not np.array_equal(np.asarray(p), np.asarray(q))
+    else:
+      assert np.asarray(p).tobytes() == np.asarray(q).tobytes()
+  assert moved > 0
