@@ -119,12 +119,8 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
                   **{f'val_{k}': v for k, v in runner.metrics(params, model_state, val).items()},
                   **{f'test_{k}': v for k, v in runner.metrics(params, model_state, test).items()})
   elif method.train is not None:
-    fields, history, records = method.train(registry.TrainContext(
-        start=lambda name, lr, hparam=None: runner.start(
-            params, model_state, plan.method(name), lr, run.seed, tune, val, test, hparam),
-        settings=registry.settings(method, plan.config), epochs=int(plan.config.epochs),
-        options=tuple(registry.surgical_options(plan.model)),
-        head_options=tuple(plan.model.head_methods)))
+    fields, history, records = method.train(
+        train_context(runner, plan, method, params, model_state, run.seed, data))
   else:
     fields, history, records = runner.run(params, model_state, method, run.lr, run.seed, tune,
                                           val, test, desc=f'{run.method} lr={run.lr:g} {run.hparam}',
@@ -140,6 +136,18 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
         shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
         fingerprint=plan.fingerprint, epochs=history))
   return row
+
+
+def train_context(runner, plan, method, params, model_state, seed, data):
+  """What a method with its own loop (`Method.train`) gets for one shift and seed: runs
+  of any method started on `data` (tune, val, test) from `params`."""
+  tune, val, test = data
+  return registry.TrainContext(
+      start=lambda name, lr, hparam=None: runner.start(
+          params, model_state, plan.method(name), lr, seed, tune, val, test, hparam),
+      settings=registry.settings(method, plan.config), epochs=int(plan.config.epochs),
+      options=tuple(registry.surgical_options(plan.model)),
+      head_options=tuple(plan.model.head_methods))
 
 
 def _selection_metric_text(plan, row):

@@ -1,0 +1,182 @@
+"""The one-run selection methods against Cross-Val, per family of shifts (issue 26).
+
+    python -m experiments.tools.selection_summary --markdown=results/selection/summary.md \\
+        input=results/selection/cifar10c_seed0:results/cifar10c/full_seed0 \\
+        output=results/selection/cifar_flip_seed0:results/cifar_flip ...
+
+Each argument is FAMILY=NEW:BASELINE: NEW holds rows of methods with their own loop (e.g.
+probe_commit), BASELINE the rows of the model's surgical options (Cross-Val's
+candidates), `all` and `auto_rgn`, made under the same fingerprint (else an error). Per
+(shift, seed) that NEW has, it compares each new method with Cross-Val (the candidate
+with the best validation accuracy), `all` and `auto_rgn` (their lr chosen on
+validation, per shift and seed), and the oracle: the best test accuracy among Cross-Val's
+candidates and `all`'s lrs. Per family: mean test accuracy, the paired difference from
+Cross-Val with its standard error over (shift, seed) and its one-sided 90 % lower bound
+(mean - 1.28 s.e.), the worst single case, and the gap to the oracle. Cost: wall seconds
+of each method's runs over the mean `all` run's, from the rows' `seconds` (made at
+different times; `python -m experiments.bench.selection` measures it side by side).
+The figure beside the markdown plots accuracy against that cost, one panel per family.
+"""
+import json
+import math
+import os
+import sys
+
+from absl import app, flags
+
+from experiments.plan import ADDED_LATER
+from surgery import models
+from surgery.errors import SurgeryError
+from surgery.io import atomic_write
+from surgery.methods import registry
+from surgery.methods.cross_val import select
+from surgery.report.store import ResultsCsv
+
+_OUT = flags.DEFINE_string('markdown', None, 'The markdown file to write.')
+flags.mark_flag_as_required('markdown')
+
+FULL, RGN = 'all', 'auto_rgn'  # the paper's baselines beside Cross-Val
+
+
+def _read(workdir):
+  path = os.path.join(workdir, 'results.csv')
+  if not os.path.exists(path):
+    raise SurgeryError(f'{path}: no such file')
+  return ResultsCsv(path, write=False).rows
+
+
+def _options(workdir):
+  with open(os.path.join(workdir, 'config.json')) as f:
+    name = (json.load(f).get('model') or {}).get('name') or ADDED_LATER['model.name']
+  return registry.surgical_options(models.create(name))
+
+
+def _pick_on_val(rows):
+  """The row with the best val_acc; ties to the smaller lr."""
+  return min(rows, key=lambda r: (-float(r['val_acc']), float(r['lr']))) if rows else None
+
+
+def compare(new_rows, base_rows, options):
+  """{method: {(shift, seed): test accuracy}} for the new methods, cross_val, all,
+  auto_rgn and oracle, over the (shift, seed) cases the new rows hold; plus
+  {method: {(shift, seed): wall seconds}}."""
+  fps = {r['fingerprint'] for r in new_rows} | {r['fingerprint'] for r in base_rows}
+  if len(fps) != 1:
+    raise SurgeryError(f'the rows were made under different fingerprints {sorted(fps)}: '
+                       'not the same configuration, so not comparable')
+  new = sorted({r['method'] for r in new_rows})
+  cases = sorted({(r['shift'], str(r['seed'])) for r in new_rows})
+  acc, cost = {m: {} for m in new + ['cross_val', FULL, RGN, 'oracle']}, {}
+  cost = {m: {} for m in acc}
+  for case in cases:
+    mine = [r for r in base_rows if (r['shift'], str(r['seed'])) == case]
+    cands = [r for r in mine if r['method'] in options]
+    # Cross-Val picks only where every option has runs (its lr grids are the baseline's).
+    if cands and {r['method'] for r in cands} >= set(options):
+      cv = select(cands, options)
+      acc['cross_val'][case] = float(cv[0]['test_acc'])
+      cost['cross_val'][case] = sum(float(r['seconds']) for r in cands)
+    for m in (FULL, RGN):
+      pick = _pick_on_val([r for r in mine if r['method'] == m])
+      if pick:
+        acc[m][case] = float(pick['test_acc'])
+        cost[m][case] = float(pick['seconds'])
+    pool = cands + [r for r in mine if r['method'] == FULL]
+    if pool:
+      acc['oracle'][case] = max(float(r['test_acc']) for r in pool)
+    for r in new_rows:
+      if (r['shift'], str(r['seed'])) == case:
+        acc[r['method']][case] = float(r['test_acc'])
+        cost[r['method']][case] = float(r['seconds'])
+  return new, cases, acc, cost
+
+
+def _mean_se(values):
+  n = len(values)
+  mean = math.fsum(values) / n
+  if n < 2:
+    return mean, float('nan')
+  return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def family_lines(name, new, cases, acc, cost):
+  """The markdown of one family, and {method: (mean cost over `all`, mean accuracy)}."""
+  full_cost = [cost[FULL][c] for c in cases if c in cost[FULL]]
+  unit = math.fsum(full_cost) / len(full_cost) if full_cost else float('nan')
+  shown = new + ['cross_val', FULL, RGN]
+  lines = [f'## {name}: {len(cases)} (shift, seed) case(s)', '',
+           '| method | test acc (%) | minus Cross-Val (points) ± s.e. | 90 % lower bound | '
+           'worst case | gap to oracle | cost (x `all`) |', '|---|---|---|---|---|---|---|']
+  points = {}
+  for m in shown:
+    have = [c for c in cases if c in acc[m]]
+    if not have:
+      continue
+    mean_acc = 100 * math.fsum(acc[m][c] for c in have) / len(have)
+    paired = [c for c in have if c in acc['cross_val']]
+    diff = [100 * (acc[m][c] - acc['cross_val'][c]) for c in paired]
+    oracle = [100 * (acc['oracle'][c] - acc[m][c]) for c in have if c in acc['oracle']]
+    c_mean = math.fsum(cost[m][c] for c in have) / len(have) / unit
+    points[m] = (c_mean, mean_acc)
+    if diff and m != 'cross_val':
+      d, se = _mean_se(diff)
+      worst = min(zip(diff, paired))
+      cells = [f'{d:+.2f} ± {se:.2f}', f'{d - 1.28 * se:+.2f}' if se == se else 'n/a',
+               f'{worst[0]:+.1f} ({worst[1][0]}, seed {worst[1][1]})']
+    else:
+      cells = ['', '', '']
+    gap = f'{math.fsum(oracle) / len(oracle):.2f}' if oracle else ''
+    lines.append(f'| {m} | {mean_acc:.2f} | ' + ' | '.join(cells) + f' | {gap} | {c_mean:.2f} |')
+  return lines + [''], points
+
+
+def _plot(panels, path):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+  for ax, (name, points) in zip(axes[0], panels):
+    for m, (c, a) in points.items():
+      ax.scatter(c, a)
+      ax.annotate(m, (c, a), fontsize=8, xytext=(3, 3), textcoords='offset points')
+    ax.set_xscale('log')
+    ax.set_xlabel('wall time / one `all` run')
+    ax.set_ylabel('test accuracy (%)')
+    ax.set_title(name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  try:
+    if len(argv) < 2:
+      raise SurgeryError('give at least one FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
+    lines = ['# One-run selection against Cross-Val', '',
+             'Written by `python -m experiments.tools.selection_summary ' + ' '.join(argv[1:])
+             + '`. Cost is from the rows\' `seconds` (runs made at different times on a '
+             'shared machine); see the benchmark for a side-by-side figure.', '']
+    panels = []
+    for arg in argv[1:]:
+      name, _, dirs = arg.partition('=')
+      new_dir, _, base_dir = dirs.partition(':')
+      if not (name and new_dir and base_dir):
+        raise SurgeryError(f'{arg!r} is not FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
+      new, cases, acc, cost = compare(_read(new_dir), _read(base_dir), _options(base_dir))
+      text, points = family_lines(name, new, cases, acc, cost)
+      lines += text
+      panels.append((name, points))
+  except SurgeryError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  out = _OUT.value
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  figure = os.path.splitext(out)[0] + '.png'
+  _plot(panels, figure)
+  lines += [f'![accuracy against cost]({os.path.basename(figure)})', '']
+  atomic_write(out, '\n'.join(lines))
+  print(f'wrote {out} and {figure}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,64 @@
+"""experiments/tools/selection_summary.py on hand-made rows: Cross-Val's pick, the paired
+difference and its standard error, the worst case and the oracle."""
+import json
+import math
+
+import pytest
+
+from experiments.tools import selection_summary as S
+from surgery.errors import SurgeryError
+from surgery.report.store import ResultsCsv
+
+OPTIONS = ['first_layer', 'block1', 'block2', 'block3', 'last']
+
+
+def _write(path, rows):
+  path.mkdir()
+  (path / 'config.json').write_text(json.dumps({'model': {'name': 'resnet26'}}))
+  table = ResultsCsv(str(path / 'results.csv'))
+  for r in rows:
+    table.add(dict(dict(hparam='', best_epoch=1, n_tune=1, n_val=1, n_test=1, seconds=10,
+                        fingerprint='f', extra=''), **r))
+
+
+def _base(shift, seed, val, test):
+  """Runs of every option at lr 1e-3 (val, test given for block2, the rest low), all at
+  two lrs and auto_rgn."""
+  rows = [dict(shift=shift, seed=seed, method=m, lr=1e-3, val_acc=0.1, test_acc=0.1)
+          for m in OPTIONS if m != 'block2']
+  rows += [dict(shift=shift, seed=seed, method='block2', lr=1e-3, val_acc=val, test_acc=test),
+           dict(shift=shift, seed=seed, method='all', lr=1e-3, val_acc=0.5, test_acc=0.6),
+           dict(shift=shift, seed=seed, method='all', lr=1e-4, val_acc=0.4, test_acc=0.9),
+           dict(shift=shift, seed=seed, method='auto_rgn', lr=1e-3, val_acc=0.3, test_acc=0.3)]
+  return rows
+
+
+def test_paired_difference_worst_case_and_oracle(tmp_path):
+  base = _base('snow', 0, 0.8, 0.70) + _base('fog', 0, 0.8, 0.50)
+  _write(tmp_path / 'base', base)
+  _write(tmp_path / 'new', [
+      dict(shift='snow', seed=0, method='probe_commit', lr=0, val_acc=0.8, test_acc=0.72,
+           seconds=15),
+      dict(shift='fog', seed=0, method='probe_commit', lr=0, val_acc=0.8, test_acc=0.46,
+           seconds=15)])
+  new, cases, acc, cost = S.compare(S._read(str(tmp_path / 'new')),
+                                    S._read(str(tmp_path / 'base')), OPTIONS)
+  assert new == ['probe_commit'] and cases == [('fog', '0'), ('snow', '0')]
+  assert acc['cross_val'] == {('fog', '0'): 0.5, ('snow', '0'): 0.7}  # block2, best on val
+  assert acc['all'] == {('fog', '0'): 0.6, ('snow', '0'): 0.6}  # lr 1e-3: best on val
+  assert acc['oracle'] == {('fog', '0'): 0.9, ('snow', '0'): 0.9}  # all at 1e-4, by test
+  assert cost['cross_val'][('fog', '0')] == 50  # five candidate runs of 10 s
+  lines, points = S.family_lines('input', new, cases, acc, cost)
+  row = next(l for l in lines if l.startswith('| probe_commit'))
+  # Differences +2 and -4 points: mean -1, s.e. 3, lower bound -1 - 1.28 * 3.
+  assert '| -1.00 ± 3.00 | -4.84 | -4.0 (fog, seed 0) | 31.00 | 1.50 |' in row
+  assert points['probe_commit'] == (1.5, pytest.approx(59.0))
+  assert math.isclose(points['cross_val'][0], 5.0)
+
+
+def test_rows_of_other_configurations_are_refused(tmp_path):
+  _write(tmp_path / 'base', _base('snow', 0, 0.8, 0.7))
+  _write(tmp_path / 'new', [dict(shift='snow', seed=0, method='probe_commit', lr=0,
+                                 val_acc=0.8, test_acc=0.7, fingerprint='other')])
+  with pytest.raises(SurgeryError, match='different fingerprints'):
+    S.compare(S._read(str(tmp_path / 'new')), S._read(str(tmp_path / 'base')), OPTIONS)
