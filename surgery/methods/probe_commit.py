@@ -98,7 +98,11 @@ def probe(ctx):
   for rung, k in zip(rungs, keep):
     for i in alive:
       train_to(i, rung)
-    alive = halve(alive, {i: runs[i].best_val for i in alive}, k)
+    scores = {i: runs[i].best_val for i in alive}
+    alive = halve(alive, scores, k)
+    print(f'probe_commit, epoch {rung}: ' + ', '.join(
+        f'{n}@{lr:g} {scores[i]:.3f}' + ('*' if i in alive else '')
+        for i, (n, lr) in enumerate(chosen) if i in scores) + ' (* kept)', flush=True)
   train_to(alive[0], ctx.epochs)
   metric = f'val_{runs[0].runner.metric}'
   curves = {f'{n}@{lr:g}': [h[metric] for h in r.history] for (n, lr), r in zip(chosen, runs)}
