@@ -24,12 +24,13 @@ import sys
 
 from absl import app, flags
 
-from experiments.plan import ADDED_LATER
+from experiments.plan import ADDED_LATER, read_result_fields
 from surgery import models
 from surgery.errors import SurgeryError
 from surgery.io import atomic_write
 from surgery.methods import registry
 from surgery.methods.cross_val import select
+from surgery.report.fingerprint import fingerprint
 from surgery.report.store import ResultsCsv
 
 _OUT = flags.DEFINE_string('markdown', None, 'The markdown file to write.')
@@ -39,10 +40,16 @@ FULL, RGN = 'all', 'auto_rgn'  # the paper's baselines beside Cross-Val
 
 
 def _read(workdir):
+  """The workdir's rows; a row made before rows carried fingerprints gets its
+  config.json's (the fingerprint under which the folder resumes)."""
   path = os.path.join(workdir, 'results.csv')
   if not os.path.exists(path):
     raise SurgeryError(f'{path}: no such file')
-  return ResultsCsv(path, write=False).rows
+  rows = ResultsCsv(path, write=False).rows
+  if any(not r.get('fingerprint') for r in rows):
+    own = fingerprint(read_result_fields(os.path.join(workdir, 'config.json')))
+    rows = [{**r, 'fingerprint': r.get('fingerprint') or own} for r in rows]
+  return rows
 
 
 def _options(workdir):
@@ -64,6 +71,9 @@ def compare(new_rows, base_rows, options):
   if len(fps) != 1:
     raise SurgeryError(f'the rows were made under different fingerprints {sorted(fps)}: '
                        'not the same configuration, so not comparable')
+  # Cross-Val's candidates: the model's options that the baseline ran (param_noise's
+  # leaves out first_layer), in network order.
+  options = [o for o in options if any(r['method'] == o for r in base_rows)]
   new = sorted({r['method'] for r in new_rows})
   cases = sorted({(r['shift'], str(r['seed'])) for r in new_rows})
   acc, cost = {m: {} for m in new + ['cross_val', FULL, RGN, 'oracle']}, {}
@@ -71,7 +81,7 @@ def compare(new_rows, base_rows, options):
   for case in cases:
     mine = [r for r in base_rows if (r['shift'], str(r['seed'])) == case]
     cands = [r for r in mine if r['method'] in options]
-    # Cross-Val picks only where every option has runs (its lr grids are the baseline's).
+    # Cross-Val picks only where every candidate option has runs (lr grids: the baseline's).
     if cands and {r['method'] for r in cands} >= set(options):
       cv = select(cands, options)
       acc['cross_val'][case] = float(cv[0]['test_acc'])
@@ -132,6 +142,7 @@ def family_lines(name, new, cases, acc, cost):
 
 def _plot(panels, path):
   import matplotlib
+  import matplotlib.ticker
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
@@ -140,6 +151,8 @@ def _plot(panels, path):
       ax.scatter(c, a)
       ax.annotate(m, (c, a), fontsize=8, xytext=(3, 3), textcoords='offset points')
     ax.set_xscale('log')
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('wall time / one `all` run')
     ax.set_ylabel('test accuracy (%)')
     ax.set_title(name)
