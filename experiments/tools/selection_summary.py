@@ -17,12 +17,12 @@ of each method's runs over the mean `all` run's, from the rows' `seconds` (made 
 different times; `python -m experiments.bench.selection` measures it side by side).
 The figure beside the markdown plots accuracy against that cost, one panel per family.
 """
+import argparse
 import json
 import math
 import os
 import sys
 
-from absl import app, flags
 
 from experiments.plan import ADDED_LATER, read_result_fields
 from surgery import models
@@ -32,9 +32,6 @@ from surgery.methods import registry
 from surgery.methods.cross_val import select
 from surgery.report.fingerprint import fingerprint
 from surgery.report.store import ResultsCsv
-
-_OUT = flags.DEFINE_string('markdown', None, 'The markdown file to write.')
-flags.mark_flag_as_required('markdown')
 
 FULL, RGN = 'all', 'auto_rgn'  # the paper's baselines beside Cross-Val
 
@@ -161,16 +158,19 @@ def _plot(panels, path):
   plt.close(fig)
 
 
-def main(argv):
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--markdown', required=True, help='the markdown file to write')
+  ap.add_argument('families', nargs='+', metavar='FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
+  args = ap.parse_args(argv)
   try:
-    if len(argv) < 2:
-      raise SurgeryError('give at least one FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
     lines = ['# One-run selection against Cross-Val', '',
-             'Written by `python -m experiments.tools.selection_summary ' + ' '.join(argv[1:])
-             + '`. Cost is from the rows\' `seconds` (runs made at different times on a '
-             'shared machine); see the benchmark for a side-by-side figure.', '']
+             'Written by `python -m experiments.tools.selection_summary '
+             + ' '.join(args.families) + '`. Cost is from the rows\' `seconds` (runs made '
+             'at different times on a shared machine); see the benchmark for a side-by-side '
+             'figure.', '']
     panels = []
-    for arg in argv[1:]:
+    for arg in args.families:
       name, _, dirs = arg.partition('=')
       new_dir, _, base_dir = dirs.partition(':')
       if not (name and new_dir and base_dir):
@@ -182,7 +182,7 @@ def main(argv):
   except SurgeryError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  out = _OUT.value
+  out = args.markdown
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   figure = os.path.splitext(out)[0] + '.png'
   _plot(panels, figure)
@@ -192,4 +192,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()
