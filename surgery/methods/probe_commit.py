@@ -94,6 +94,8 @@ def probe(ctx):
     while runs[i].epochs_done < epochs:
       runs[i].epoch()
 
+  metric = f'val_{runs[0].runner.metric}'
+  curves = [None] * len(runs)
   alive = list(range(len(runs)))
   for rung, k in zip(rungs, keep):
     for i in alive:
@@ -103,10 +105,13 @@ def probe(ctx):
     print(f'probe_commit, epoch {rung}: ' + ', '.join(
         f'{n}@{lr:g} {scores[i]:.3f}' + ('*' if i in alive else '')
         for i, (n, lr) in enumerate(chosen) if i in scores) + ' (* kept)', flush=True)
-  train_to(alive[0], ctx.epochs)
-  metric = f'val_{runs[0].runner.metric}'
-  curves = {f'{n}@{lr:g}': [h[metric] for h in r.history] for (n, lr), r in zip(chosen, runs)}
-  return runs[alive[0]], chosen[alive[0]], curves
+    for i in set(scores) - set(alive):  # a cut arm's weights and state are let go
+      curves[i], runs[i] = [h[metric] for h in runs[i].history], None
+  committed = alive[0]
+  train_to(committed, ctx.epochs)
+  curves[committed] = [h[metric] for h in runs[committed].history]
+  return runs[committed], chosen[committed], {
+      f'{n}@{lr:g}': c for (n, lr), c in zip(chosen, curves)}
 
 
 def _train(ctx):
