@@ -21,6 +21,7 @@ on the GPU whenever JAX does and torch sees one.
 """
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -63,9 +64,13 @@ def _mask(spec, method, params):
   return surgery.trainable_mask(params, spec.groups, registry.resolve(method, spec).groups)
 
 
+def _steps_per_epoch(batch):
+  return math.ceil(TUNE_IMAGES / batch)
+
+
 def _optimizer(spec, name, params, mask, batch, lr, wd):
   method, settings, hparam = _method(spec, name)
-  ctx = Context(-(-TUNE_IMAGES // batch), assign_groups(params, spec.groups), spec.groups,
+  ctx = Context(_steps_per_epoch(batch), assign_groups(params, spec.groups), spec.groups,
                 settings, hparam)
   config = ml_collections.ConfigDict(dict(optimizer='adam', weight_decay=wd, epochs=1))
   return finetune.make_optimizer(config, method, lr, mask, ctx)
@@ -128,8 +133,7 @@ def _torch_runner(spec, method, params, images, labels, lr=1e-4, wd=1e-4):
   twin = None
   if method not in spec.methods:  # a wrapper method: its torch twin sets per-tensor lrs
     _, settings, _ = _method(spec, method)
-    twin = METHOD_TWINS[method](groups, names, lr, -(-TUNE_IMAGES // len(images)), settings,
-                                spec)
+    twin = METHOD_TWINS[method](groups, names, lr, _steps_per_epoch(len(images)), settings)
   x = to_input(images, spec).to(device, memory_format=layout)
   y = torch.from_numpy(labels.astype(np.int64)).to(device)
 

@@ -239,7 +239,7 @@ def tuned_named_parameters(net, mask, spec=None):
   return [(tuned[name], p) for name, p in named.items() if name in tuned]
 
 
-def auto_rgn_twin(groups, paths, lr, steps_per_epoch, settings, spec=None):
+def auto_rgn_twin(groups, paths, lr, steps_per_epoch, settings):
   """Auto-RGN in torch (`surgery.methods.auto_rgn` with `settings`), for the benchmark:
   `groups` are one-tensor Adam param groups, `paths` their Flax paths; the returned
   function, called after each backward, sets each group's lr to `lr` times the tensor's

@@ -32,6 +32,7 @@ from surgery.methods import registry
 from surgery.methods.cross_val import select
 from surgery.report.fingerprint import fingerprint
 from surgery.report.store import ResultsCsv
+from surgery.report.summary import mean_se, select_lr
 
 FULL, RGN = 'all', 'auto_rgn'  # the paper's baselines beside Cross-Val
 
@@ -55,11 +56,6 @@ def _options(workdir):
   return registry.surgical_options(models.create(name))
 
 
-def _pick_on_val(rows):
-  """The row with the best val_acc; ties to the smaller lr."""
-  return min(rows, key=lambda r: (-float(r['val_acc']), float(r['lr']))) if rows else None
-
-
 def compare(new_rows, base_rows, options):
   """{method: {(shift, seed): test accuracy}} for the new methods, cross_val, all,
   auto_rgn and oracle, over the (shift, seed) cases the new rows hold; plus
@@ -73,7 +69,7 @@ def compare(new_rows, base_rows, options):
   options = [o for o in options if any(r['method'] == o for r in base_rows)]
   new = sorted({r['method'] for r in new_rows})
   cases = sorted({(r['shift'], str(r['seed'])) for r in new_rows})
-  acc, cost = {m: {} for m in new + ['cross_val', FULL, RGN, 'oracle']}, {}
+  acc = {m: {} for m in new + ['cross_val', FULL, RGN, 'oracle']}
   cost = {m: {} for m in acc}
   for case in cases:
     mine = [r for r in base_rows if (r['shift'], str(r['seed'])) == case]
@@ -83,11 +79,9 @@ def compare(new_rows, base_rows, options):
       cv = select(cands, options)
       acc['cross_val'][case] = float(cv[0]['test_acc'])
       cost['cross_val'][case] = sum(float(r['seconds']) for r in cands)
-    for m in (FULL, RGN):
-      pick = _pick_on_val([r for r in mine if r['method'] == m])
-      if pick:
-        acc[m][case] = float(pick['test_acc'])
-        cost[m][case] = float(pick['seconds'])
+    for (_, m), (pick,) in select_lr([r for r in mine if r['method'] in (FULL, RGN)]).items():
+      acc[m][case] = float(pick['test_acc'])
+      cost[m][case] = float(pick['seconds'])
     pool = cands + [r for r in mine if r['method'] == FULL]
     if pool:
       acc['oracle'][case] = max(float(r['test_acc']) for r in pool)
@@ -96,14 +90,6 @@ def compare(new_rows, base_rows, options):
         acc[r['method']][case] = float(r['test_acc'])
         cost[r['method']][case] = float(r['seconds'])
   return new, cases, acc, cost
-
-
-def _mean_se(values):
-  n = len(values)
-  mean = math.fsum(values) / n
-  if n < 2:
-    return mean, float('nan')
-  return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def family_lines(name, new, cases, acc, cost):
@@ -126,7 +112,7 @@ def family_lines(name, new, cases, acc, cost):
     c_mean = math.fsum(cost[m][c] for c in have) / len(have) / unit
     points[m] = (c_mean, mean_acc)
     if diff and m != 'cross_val':
-      d, se = _mean_se(diff)
+      d, se = mean_se(diff)
       worst = min(zip(diff, paired))
       cells = [f'{d:+.2f} ± {se:.2f}', f'{d - 1.28 * se:+.2f}' if se == se else 'n/a',
                f'{worst[0]:+.1f} ({worst[1][0]}, seed {worst[1][1]})']

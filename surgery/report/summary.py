@@ -33,7 +33,8 @@ def _mean(values):
   return math.fsum(values) / len(values)
 
 
-def _mean_se(values):
+def mean_se(values):
+  """(mean, standard error of the mean); the error is NaN for fewer than two values."""
   n = len(values)
   mean = _mean(values)
   if n < 2:
@@ -102,7 +103,7 @@ def summarize(rows, methods, shifts, metric=DEFAULT_METRIC, report=None):
     for s in shifts:
       runs = chosen.get((s, m))
       if runs:
-        table[m][s] = _mean_se([_test(r, report or metric) for r in runs])
+        table[m][s] = mean_se([_test(r, report or metric) for r in runs])
   return table, chosen
 
 
