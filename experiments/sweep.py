@@ -143,8 +143,9 @@ def train_context(runner, plan, method, params, model_state, seed, data):
   of any method started on `data` (tune, val, test) from `params`."""
   tune, val, test = data
   return registry.TrainContext(
-      start=lambda name, lr, hparam=None: runner.start(
-          params, model_state, plan.method(name), lr, seed, tune, val, test, hparam),
+      start=lambda name, lr, hparam=None, init=None: runner.start(
+          *(init or (params, model_state)), plan.method(name), lr, seed, tune, val, test,
+          hparam),
       settings=registry.settings(method, plan.config), epochs=int(plan.config.epochs),
       options=tuple(registry.surgical_options(plan.model)),
       head_options=tuple(plan.model.head_methods))

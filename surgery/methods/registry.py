@@ -56,9 +56,11 @@ class EpochContext:
 @dataclasses.dataclass(frozen=True)
 class TrainContext:
   """What a method with its own loop (`Method.train`) may use, for one shift and seed."""
-  # start(method name, lr, hparam=None) -> a run of that method on this shift and seed,
-  # advanced by `.epoch()` (-> validation metrics; `.best_val` is the best so far on the
-  # selection metric) and scored by `.finish()` (-> row fields, history, records).
+  # start(method name, lr, hparam=None, init=None) -> a run of that method on this shift
+  # and seed, from the source model or from `init` (params, model state: another run's
+  # `.best`), advanced by `.epoch()` (-> validation metrics; `.best_val` is the best so
+  # far on the selection metric; `.score_start()` lets the start itself be that best) and
+  # scored by `.finish()` (-> row fields, history, records).
   start: Callable
   settings: Any  # the method's config section over its defaults
   epochs: int  # the config's epochs per run
