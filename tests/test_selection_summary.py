@@ -62,3 +62,20 @@ def test_rows_of_other_configurations_are_refused(tmp_path):
                                  val_acc=0.8, test_acc=0.7, fingerprint='other')])
   with pytest.raises(SurgeryError, match='different fingerprints'):
     S.compare(S._read(str(tmp_path / 'new')), S._read(str(tmp_path / 'base')), OPTIONS)
+
+
+def test_one_folder_holding_both_compares_only_the_own_loop_methods(tmp_path, capsys):
+  _write(tmp_path / 'both', _base('snow', 0, 0.8, 0.7) + [
+      dict(shift='snow', seed=0, method='lp_ft', lr=0, val_acc=0.8, test_acc=0.75)])
+  both = str(tmp_path / 'both')
+  S.main([f'--markdown={tmp_path / "out" / "summary.md"}', f'input={both}:{both}'])
+  text = (tmp_path / 'out' / 'summary.md').read_text()
+  assert '| lp_ft | 75.00 | +5.00 ± nan |' in text
+  # The baselines are compared with, not compared: one row each, under the new method.
+  assert [l.split('|')[1].strip() for l in text.splitlines() if l.startswith('| ')][1:] == [
+      'lp_ft', 'cross_val', 'all', 'auto_rgn']
+  _write(tmp_path / 'none', _base('snow', 0, 0.8, 0.7))
+  with pytest.raises(SystemExit):
+    S.main([f'--markdown={tmp_path / "x.md"}', f'input={tmp_path / "none"}:{both}'])
+  assert 'no rows of a method with its own loop' in capsys.readouterr().err
+  assert not (tmp_path / 'x.md').exists()

@@ -4,9 +4,10 @@
         input=results/selection/cifar10c_seed0:results/cifar10c/full_seed0 \\
         output=results/selection/cifar_flip_seed0:results/cifar_flip ...
 
-Each argument is FAMILY=NEW:BASELINE: NEW holds rows of methods with their own loop (e.g.
-probe_commit), BASELINE the rows of the model's surgical options (Cross-Val's
-candidates), `all` and `auto_rgn`, made under the same fingerprint (else an error). Per
+Each argument is FAMILY=NEW:BASELINE (the same folder twice where it holds both): NEW
+holds rows of methods with their own loop (e.g. probe_commit; its other rows are not
+read), BASELINE the rows of the model's surgical options (Cross-Val's candidates), `all`
+and `auto_rgn`, made under the same fingerprint (else an error). Per
 (shift, seed) that NEW has, it compares each new method with Cross-Val (the candidate
 with the best validation accuracy), `all` and `auto_rgn` (their lr chosen on
 validation, per shift and seed), and the oracle: the best test accuracy among Cross-Val's
@@ -161,7 +162,12 @@ def main(argv=None):
       new_dir, _, base_dir = dirs.partition(':')
       if not (name and new_dir and base_dir):
         raise SurgeryError(f'{arg!r} is not FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
-      new, cases, acc, cost = compare(_read(new_dir), _read(base_dir), _options(base_dir))
+      own_loop = {n for n, m in registry.all_methods().items() if m.train is not None}
+      new_rows = [r for r in _read(new_dir) if r['method'] in own_loop]
+      if not new_rows:
+        raise SurgeryError(f'{new_dir}: no rows of a method with its own loop '
+                           f'({", ".join(sorted(own_loop))})')
+      new, cases, acc, cost = compare(new_rows, _read(base_dir), _options(base_dir))
       text, points = family_lines(name, new, cases, acc, cost)
       lines += text
       panels.append((name, points))
