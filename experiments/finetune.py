@@ -59,7 +59,8 @@ class Finetuner:
     self.predict = surgery.make_predict(model_spec.module, mesh)
     self._steps = {}
     self._predicts = {0: self.predict}  # cut -> predict from that boundary on
-    self._prefix = {}  # the current target sets' frozen-prefix activations, per cut
+    self._prefix = {}  # the current target sets' frozen-prefix activations, per (cut, set)
+    self._prefix_predicts = {}  # cut -> predict up to that boundary
     self._prefix_of = None  # (objects the cache was computed from)
     self._warned = set()
 
@@ -110,18 +111,26 @@ class Finetuner:
       self._predicts[cut] = surgery.make_predict(self.spec.module.clone(start=cut), self.mesh)
     return self._predicts[cut]
 
-  def _prefix_sets(self, cut, params, model_state, sets):
-    """`sets` with each image array replaced by its boundary-`cut` activations
-    (float32), computed once per target sets, start parameters and cut."""
+  def _prefix_sets(self, cut, params, model_state, sets, which=None):
+    """`sets` (those at indices `which`, default all) with each image array replaced by
+    its boundary-`cut` activations (float32), each computed once per target sets,
+    start parameters and cut: a run that is cut before it ends (a probe's arm, a head
+    probe) never pays for the test set's."""
     sources = (params, model_state) + tuple(d[0] for d in sets)
     if self._prefix_of is None or any(a is not b for a, b in zip(self._prefix_of, sources)):
       self._prefix, self._prefix_of = {}, sources  # new target sets: drop the old ones
-    if cut not in self._prefix:
-      head = surgery.make_predict(self.spec.module.clone(stop=cut), self.mesh)
-      batch = self.config.eval_batch_size
-      self._prefix[cut] = [surgery.train.batched_outputs(head, params, model_state, d[0],
-                                                         batch, self.mesh) for d in sets]
-    return tuple((x,) + tuple(d[1:]) for x, d in zip(self._prefix[cut], sets))
+    which = range(len(sets)) if which is None else which
+    out = []
+    for i in which:
+      if (cut, i) not in self._prefix:
+        if cut not in self._prefix_predicts:
+          self._prefix_predicts[cut] = surgery.make_predict(self.spec.module.clone(stop=cut),
+                                                            self.mesh)
+        self._prefix[cut, i] = surgery.train.batched_outputs(
+            self._prefix_predicts[cut], params, model_state, sets[i][0],
+            self.config.eval_batch_size, self.mesh)
+      out.append((self._prefix[cut, i],) + tuple(sets[i][1:]))
+    return tuple(out)
 
   def metrics(self, params, model_state, data, predict=None):
     images, labels = data[0], data[1]
@@ -163,11 +172,14 @@ class Arm:
     cut = runner._cut(mask, method)
     if cut and not runner._fits(cut, params, model_state, (tune, val, test)):
       cut = 0
+    # The test set is read once, at the end; with a frozen prefix its activations are
+    # computed then (`_test_set`).
+    self._test_of = (cut, params, model_state, (tune, val, test))
     if cut:  # train and evaluate from the frozen prefix's activations
-      tune, val, test = runner._prefix_sets(cut, params, model_state, (tune, val, test))
+      tune, val = runner._prefix_sets(cut, params, model_state, (tune, val, test), (0, 1))
       x_tune = tune[0]
       module = module.clone(start=cut)
-    self.tune, self.val, self.test = (x_tune, tune[1]), val, test
+    self.tune, self.val = (x_tune, tune[1]), val
     self.predict = runner._predict_at(cut)
     extra_loss = method.extra_loss(params, hparam) if method.extra_loss else None
     self.step = runner._step((method.name, self.steps_per_epoch, cut, module.bn_train_layers
@@ -233,10 +245,14 @@ class Arm:
     self._keep_if_best(epoch, val_metrics)
     return val_metrics
 
+  def _test_set(self):
+    cut, params, model_state, sets = self._test_of
+    return self.runner._prefix_sets(cut, params, model_state, sets, (2,))[0] if cut else sets[2]
+
   def finish(self):
     """(row fields, per-epoch history, the method's `epoch_record` per epoch), the test
     metrics those of the best epoch on validation."""
-    test_metrics = self.runner.metrics(self.best[0], self.best[1], self.test, self.predict)
+    test_metrics = self.runner.metrics(self.best[0], self.best[1], self._test_set(), self.predict)
     fields = dict(best_epoch=self.best_epoch,
                   **{f'val_{k}': v for k, v in self.best_metrics.items()},
                   **{f'test_{k}': v for k, v in test_metrics.items()})

@@ -64,7 +64,7 @@ def _assert_same_run(spec, variables, method, lr, cut):
     runner = finetune.Finetuner(spec, _config(reuse))
     out[reuse] = runner.run(params, state, registry.resolve(method, spec), lr, 0, *sets), runner
   ((f0, h0, _), uncached), ((f1, h1, _), cached) = out[False], out[True]
-  assert list(cached._prefix) == [cut] and not uncached._prefix
+  assert sorted(cached._prefix) == [(cut, 0), (cut, 1), (cut, 2)] and not uncached._prefix
   assert (f0['best_epoch'], f0['val_acc'], f0['test_acc']) == (f1['best_epoch'], f1['val_acc'],
                                                                f1['test_acc'])
   for e0, e1 in zip(h0, h1):
@@ -136,6 +136,8 @@ def test_arms_advanced_side_by_side_equal_runs_one_after_the_other():
   for _ in range(runner.config.epochs):
     for arm in started:
       arm.epoch()
-  assert sorted(runner._prefix) == [2, 4]
+  # Tune and val activations at both cuts; the test set's only once a run finishes.
+  assert sorted(runner._prefix) == [(2, 0), (2, 1), (4, 0), (4, 1)]
   for (f0, h0, r0), (f1, h1, r1) in zip(alone, (a.finish() for a in started)):
     assert f0 == f1 and h0 == h1 and r0 == r1
+  assert sorted(runner._prefix) == [(c, i) for c in (2, 4) for i in range(3)]
