@@ -261,6 +261,8 @@ def make_plan(config) -> Plan:
     method = registry.resolve(m, model)
     if method.select is not None:
       need |= set(method.candidates(model))
+    if method.check_run is not None:
+      method.check_run(registry.settings(method, config), config)
   run_methods = [m for m in valid if m in need and registry.resolve(m, model).select is None]
   runs = []
   for shift in shifts:

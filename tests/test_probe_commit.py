@@ -147,3 +147,17 @@ def test_the_committed_run_leaves_frozen_leaves_bitwise_unchanged(tiny):
     else:
       assert np.asarray(p).tobytes() == np.asarray(q).tobytes()
   assert moved > 0
+
+
+def test_rungs_past_the_runs_epochs_are_refused_before_any_run():
+  from configs import cifar10c
+  config = cifar10c.get_config()
+  config.init_checkpoint = ''
+  config.epochs = 2
+  config.methods = ('all',)
+  make_plan(config)  # not requested: its settings are not held against the epochs
+  config.methods = ('all', 'probe_commit')
+  with pytest.raises(SurgeryError, match='rungs end at epoch 2, but runs have 2 epochs'):
+    make_plan(config)
+  config.epochs = 3
+  make_plan(config)

@@ -80,13 +80,18 @@ def _check(section):
                        f'non-increasing, ending at 1; got {keep} for rungs {rungs}')
 
 
+def _check_epochs(settings, epochs):
+  last = int(settings['rungs'][-1])
+  if last >= int(epochs):
+    raise SurgeryError(f'probe_commit.rungs end at epoch {last}, but runs have {epochs} '
+                       'epochs: the committed arm would not train on')
+
+
 def probe(ctx):
   """(the committed arm's run, its (method, lr), every arm's validation curve)."""
   s = ctx.settings
+  _check_epochs(s, ctx.epochs)
   rungs, keep = [int(r) for r in s['rungs']], [int(k) for k in s['keep']]
-  if rungs[-1] >= ctx.epochs:
-    raise SurgeryError(f'probe_commit.rungs end at epoch {rungs[-1]}, but runs have '
-                       f'{ctx.epochs} epochs: the committed arm would not train on')
   chosen = arms(s, ctx.options, ctx.head_options)
   runs = [ctx.start(name, lr) for name, lr in chosen]
 
@@ -126,4 +131,5 @@ def _save_curves(workdir, run, records):
 
 
 METHOD = Method('probe_commit', train=_train, section='probe_commit', defaults=DEFAULTS,
-                check=_check, save_records=_save_curves, records_folder=FOLDER, order=195)
+                check=_check, check_run=lambda s, config: _check_epochs(s, config.epochs),
+                save_records=_save_curves, records_folder=FOLDER, order=195)

@@ -91,6 +91,10 @@ class Method:
   section: str = ''  # config section holding its settings
   defaults: dict = dataclasses.field(default_factory=dict)  # of that section
   check: Optional[Callable[[Any], None]] = None  # raises SurgeryError on a bad section
+  # check_run(settings, config): raises SurgeryError where its settings cannot run under
+  # the config (probe_commit's rungs against the epochs); called before any run when
+  # the method is requested.
+  check_run: Optional[Callable[[Any, Any], None]] = None
   added_later: dict = dataclasses.field(default_factory=dict)
   hparam: str = ''  # name of its swept setting, e.g. 'lam'
   grid_field: str = ''  # field of `section` holding that setting's grid (floats)
