@@ -89,7 +89,7 @@ def test_the_body_starts_from_the_probed_head_and_frozen_leaves_stay_bitwise(tin
 
 
 @pytest.mark.slow
-def test_one_row_that_keeps_the_head_when_the_body_never_beats_it_and_resumes(tiny):
+def test_one_row_that_keeps_the_head_when_the_body_never_beats_it_and_resumes(tiny, monkeypatch):
   config, tmp = tiny
   config.methods = ('lp_ft',)
   config.epochs = 2
@@ -105,7 +105,32 @@ def test_one_row_that_keeps_the_head_when_the_body_never_beats_it_and_resumes(ti
   assert list(curves) == ['last@0.1', 'start@last', 'all@10']
   assert max(curves['all@10']) < curves['start@last'][0]
   assert rows[0]['best_epoch'] == '0' and float(rows[0]['val_acc']) == curves['start@last'][0]
+  # Killed in the body stage (after the head's 2 epochs and one of the body's), then
+  # rerun: the same row.
+  cut = str(tmp / 'cut')
+  real, calls = finetune.Arm.epoch, []
+
+  def epoch_then_die(self):
+    calls.append(1)
+    if len(calls) > 3:
+      raise _Killed
+    return real(self)
+
+  with monkeypatch.context() as m:
+    m.setattr(finetune.Arm, 'epoch', epoch_then_die)
+    with pytest.raises(_Killed):
+      runner.train_and_evaluate(config, cut)
+  assert not os.path.exists(os.path.join(cut, 'results.csv')) or not _rows(
+      os.path.join(cut, 'results.csv'))
+  runner.train_and_evaluate(config, cut)
+  assert [{k: v for k, v in r.items() if k != 'seconds'} for r in _rows(
+      os.path.join(cut, 'results.csv'))] == [
+          {k: v for k, v in r.items() if k != 'seconds'} for r in rows]
   # The head's own row, alone, scores the same on test.
   config.methods, config.last_lrs = ('last',), (1e-1,)
   alone = runner.train_and_evaluate(config, str(tmp / 'alone'))
   assert alone[0]['test_acc'] == rows[0]['test_acc']
+
+
+class _Killed(Exception):
+  pass
