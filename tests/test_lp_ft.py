@@ -14,6 +14,7 @@ from surgery.errors import SurgeryError
 from surgery.groups import trainable_mask
 from surgery.methods import lp_ft, registry
 from tests.test_main import _rows, tiny  # noqa: F401 (fixture)
+from tests.test_probe_commit import assert_killed_and_rerun_gives
 
 
 def test_best_head_and_bad_settings():
@@ -107,30 +108,8 @@ def test_one_row_that_keeps_the_head_when_the_body_never_beats_it_and_resumes(ti
   assert rows[0]['best_epoch'] == '0' and float(rows[0]['val_acc']) == curves['start@last'][0]
   # Killed in the body stage (after the head's 2 epochs and one of the body's), then
   # rerun: the same row.
-  cut = str(tmp / 'cut')
-  real, calls = finetune.Arm.epoch, []
-
-  def epoch_then_die(self):
-    calls.append(1)
-    if len(calls) > 3:
-      raise _Killed
-    return real(self)
-
-  with monkeypatch.context() as m:
-    m.setattr(finetune.Arm, 'epoch', epoch_then_die)
-    with pytest.raises(_Killed):
-      runner.train_and_evaluate(config, cut)
-  assert not os.path.exists(os.path.join(cut, 'results.csv')) or not _rows(
-      os.path.join(cut, 'results.csv'))
-  runner.train_and_evaluate(config, cut)
-  assert [{k: v for k, v in r.items() if k != 'seconds'} for r in _rows(
-      os.path.join(cut, 'results.csv'))] == [
-          {k: v for k, v in r.items() if k != 'seconds'} for r in rows]
+  assert_killed_and_rerun_gives(rows, config, str(tmp / 'cut'), monkeypatch, after_epochs=3)
   # The head's own row, alone, scores the same on test.
   config.methods, config.last_lrs = ('last',), (1e-1,)
   alone = runner.train_and_evaluate(config, str(tmp / 'alone'))
   assert alone[0]['test_acc'] == rows[0]['test_acc']
-
-
-class _Killed(Exception):
-  pass

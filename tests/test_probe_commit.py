@@ -96,25 +96,29 @@ def test_one_row_per_shift_and_seed_that_follows_its_curves_and_resumes(tiny, mo
   assert [{k: r[k] for k in keep} for r in alone] == [{k: row[k] for k in keep}]
 
   # Killed mid-probe (after 3 arm-epochs), then rerun: the same row.
-  cut = str(tmp / 'cut')
+  assert_killed_and_rerun_gives(rows, config, str(tmp / 'cut'), monkeypatch, after_epochs=3)
+
+
+def assert_killed_and_rerun_gives(rows, config, workdir, monkeypatch, after_epochs):
+  """A sweep killed after `after_epochs` arm-epochs (as by kill -9: no row of the
+  unfinished run is written), then run again in the same workdir, gives `rows`."""
   real, calls = finetune.Arm.epoch, []
 
   def epoch_then_die(self):
     calls.append(1)
-    if len(calls) > 3:
+    if len(calls) > after_epochs:
       raise _Killed
     return real(self)
 
   with monkeypatch.context() as m:
     m.setattr(finetune.Arm, 'epoch', epoch_then_die)
     with pytest.raises(_Killed):
-      runner.train_and_evaluate(config, cut)
-  assert not os.path.exists(os.path.join(cut, 'results.csv')) or not _rows(
-      os.path.join(cut, 'results.csv'))
-  runner.train_and_evaluate(config, cut)
-  again = _rows(os.path.join(cut, 'results.csv'))
+      runner.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, 'results.csv')
+  assert not os.path.exists(path) or not _rows(path)
+  runner.train_and_evaluate(config, workdir)
   drop = ('seconds',)
-  assert [{k: v for k, v in r.items() if k not in drop} for r in again] == [
+  assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(path)] == [
       {k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
