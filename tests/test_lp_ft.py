@@ -1,5 +1,6 @@
 """surgery/methods/lp_ft.py: a head fitted on frozen features, then one run of the body
 method from it, with the probed head kept where no epoch beats it."""
+import dataclasses
 import json
 import os
 
@@ -7,14 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import finetune
 from experiments import sweep as runner
-from experiments.plan import make_plan
 from surgery.errors import SurgeryError
 from surgery.groups import trainable_mask
 from surgery.methods import lp_ft, registry
 from tests.test_main import _rows, tiny  # noqa: F401 (fixture)
-from tests.test_probe_commit import assert_killed_and_rerun_gives
+from tests.test_probe_commit import assert_killed_and_rerun_gives, train_context
 
 
 def test_best_head_and_bad_settings():
@@ -29,30 +28,11 @@ def test_best_head_and_bad_settings():
       check({**lp_ft.DEFAULTS, **bad})
 
 
-def _context(config, tmp, name):
-  plan = make_plan(config)
-  variables = finetune.source_variables(config, str(tmp / 'w'), plan.model)
-  params = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
-  ft = finetune.Finetuner(plan.model, config, None, plan.select_metric)
-  tune, val, test = plan.dataset.target_sets('gaussian_noise', 0)
-  ctx = registry.TrainContext(
-      start=lambda n, lr, hp=None, init=None: ft.start(
-          *(init or (params, model_state)), plan.method(n), lr, 0, tune, val, test, hp),
-      settings=registry.settings(plan.method(name), config), epochs=int(config.epochs),
-      options=tuple(registry.surgical_options(plan.model)), head_options=('last',))
-  return plan, params, ctx
-
-
-def _leaves(tree):
-  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
-
-
 def test_the_body_starts_from_the_probed_head_and_frozen_leaves_stay_bitwise(tiny):
   config, tmp = tiny
   config.epochs = 2
   config.lp_rgn = dict(lp_ft.DEFAULTS, head_lrs=(1e-1, 1e-3), body_lr=1e-2)
-  plan, params, ctx = _context(config, tmp, 'lp_rgn')
+  plan, params, ctx = train_context(config, tmp, 'lp_rgn')
   starts = []
   real_start = ctx.start
 
@@ -60,7 +40,7 @@ def test_the_body_starts_from_the_probed_head_and_frozen_leaves_stay_bitwise(tin
     starts.append((n, lr, init))
     return real_start(n, lr, hp, init)
 
-  ctx = ctx.__class__(**{**ctx.__dict__, 'start': spy})
+  ctx = dataclasses.replace(ctx, start=spy)
   run, (head, lr), curves = lp_ft.fit(ctx, 'auto_rgn')
   assert [(n, lr) for n, lr, _ in starts] == [('last', 0.1), ('last', 1e-3), ('auto_rgn', 1e-2)]
   assert list(curves) == ['last@0.1', 'last@0.001', 'start@last', 'auto_rgn@0.01']

@@ -13,7 +13,7 @@ from experiments import sweep as runner
 from experiments.plan import make_plan
 from surgery.errors import SurgeryError
 from surgery.groups import trainable_mask
-from surgery.methods import probe_commit, registry
+from surgery.methods import probe_commit
 from tests.test_main import _rows, tiny  # noqa: F401 (fixture)
 
 
@@ -122,23 +122,25 @@ def assert_killed_and_rerun_gives(rows, config, workdir, monkeypatch, after_epoc
       {k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
+def train_context(config, tmp, name):
+  """(plan, source params, the TrainContext a sweep gives method `name`) on the tiny
+  config's gaussian_noise, seed 0."""
+  plan = make_plan(config)
+  variables = finetune.source_variables(config, str(tmp / 'w'), plan.model)
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  ft = finetune.Finetuner(plan.model, config, None, plan.select_metric)
+  return plan, params, runner.train_context(ft, plan, plan.method(name), params, model_state, 0,
+                                            plan.dataset.target_sets('gaussian_noise', 0))
+
+
 def test_the_committed_run_leaves_frozen_leaves_bitwise_unchanged(tiny):
   config, tmp = tiny
   config = _probe_config(config)
   config.epochs = 2
   config.probe_commit = dict(probe_commit.DEFAULTS, arms=('block2@1e-2', 'last@1e-2'),
                              rungs=(1,), keep=(1,))
-  plan = make_plan(config)
-  variables = finetune.source_variables(config, str(tmp / 'w'), plan.model)
-  params = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
-  ft = finetune.Finetuner(plan.model, config, None, plan.select_metric)
-  tune, val, test = plan.dataset.target_sets('gaussian_noise', 0)
-  ctx = registry.TrainContext(
-      start=lambda n, lr, hp=None: ft.start(params, model_state, plan.method(n), lr, 0, tune,
-                                            val, test, hp),
-      settings=registry.settings(plan.method('probe_commit'), config), epochs=2,
-      options=tuple(registry.surgical_options(plan.model)), head_options=('last',))
+  plan, params, ctx = train_context(config, tmp, 'probe_commit')
   run, (name, _), curves = probe_commit.probe(ctx)
   assert run.epochs_done == 2 and sorted(map(len, curves.values())) == [1, 2]
   mask = trainable_mask(params, plan.model.groups, plan.method(name).groups)
