@@ -194,21 +194,6 @@ class Arm:
     self.best_val, self.best_epoch, self.best, self.best_metrics = -math.inf, 0, None, None
     self.history, self.records = [], []
 
-  def score_start(self) -> dict:
-    """Scores the untrained start on validation as epoch 0, so that it is kept if no
-    epoch beats it (a run that starts from another's result: LP-FT); returns its
-    validation metrics."""
-    assert self.epochs_done == 0, 'score_start() is for a run that has not trained yet'
-    self._keep_if_best(0, self.runner.metrics(self.state.params, self.state.model_state,
-                                              self.val, self.predict))
-    return self.best_metrics
-
-  def _keep_if_best(self, epoch, val_metrics):
-    if val_metrics[self.runner.metric] > self.best_val:
-      self.best_val, self.best_epoch, self.best_metrics = (val_metrics[self.runner.metric], epoch,
-                                                           val_metrics)
-      self.best = jax.device_get((self.state.params, self.state.model_state))
-
   def epoch(self) -> dict:
     """Trains one more epoch; returns its validation metrics."""
     runner, method, mesh = self.runner, self.method, self.runner.mesh
@@ -242,7 +227,10 @@ class Arm:
                          **{f'val_{k}': v for k, v in val_metrics.items()}})
     if method.epoch_record is not None:  # e.g. Auto-RGN's weights, for Fig. 6
       self.records.append(method.epoch_record(state.opt_state))
-    self._keep_if_best(epoch, val_metrics)
+    if val_metrics[runner.metric] > self.best_val:
+      self.best_val, self.best_epoch, self.best_metrics = (val_metrics[runner.metric], epoch,
+                                                           val_metrics)
+      self.best = jax.device_get((state.params, state.model_state))
     return val_metrics
 
   def _test_set(self):

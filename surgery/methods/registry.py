@@ -59,8 +59,8 @@ class TrainContext:
   # start(method name, lr, hparam=None, init=None) -> a run of that method on this shift
   # and seed, from the source model or from `init` (params, model state: another run's
   # `.best`), advanced by `.epoch()` (-> validation metrics; `.best_val` is the best so
-  # far on the selection metric; `.score_start()` lets the start itself be that best) and
-  # scored by `.finish()` (-> row fields, history, records).
+  # far on the selection metric) and scored by `.finish()` (-> row fields, history,
+  # records).
   start: Callable
   settings: Any  # the method's config section over its defaults
   epochs: int  # the config's epochs per run
