@@ -71,6 +71,13 @@ def test_one_folder_holding_both_compares_only_the_own_loop_methods(tmp_path, ca
   S.main([f'--markdown={tmp_path / "out" / "summary.md"}', f'input={both}:{both}'])
   text = (tmp_path / 'out' / 'summary.md').read_text()
   assert '| lp_ft | 75.00 | +5.00 ± nan |' in text
+  # A method that has not run every case says on how many its row stands.
+  lines, _ = S.family_lines('input', ['lp_ft'], [('snow', '0'), ('fog', '0')],
+                            {'lp_ft': {('snow', '0'): 0.75}, 'cross_val': {}, 'all': {},
+                             'auto_rgn': {}, 'oracle': {}},
+                            {'lp_ft': {('snow', '0'): 1.0}, 'all': {}, 'cross_val': {},
+                             'auto_rgn': {}})
+  assert any(l.startswith('| lp_ft (1 of 2 cases) | 75.00 |') for l in lines)
   # The baselines are compared with, not compared: one row each, under the new method.
   assert [l.split('|')[1].strip() for l in text.splitlines() if l.startswith('| ')][1:] == [
       'lp_ft', 'cross_val', 'all', 'auto_rgn']

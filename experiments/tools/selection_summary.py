@@ -120,7 +120,8 @@ def family_lines(name, new, cases, acc, cost):
     else:
       cells = ['', '', '']
     gap = f'{math.fsum(oracle) / len(oracle):.2f}' if oracle else ''
-    lines.append(f'| {m} | {mean_acc:.2f} | ' + ' | '.join(cells) + f' | {gap} | {c_mean:.2f} |')
+    label = m if len(have) == len(cases) else f'{m} ({len(have)} of {len(cases)} cases)'
+    lines.append(f'| {label} | {mean_acc:.2f} | ' + ' | '.join(cells) + f' | {gap} | {c_mean:.2f} |')
   return lines + [''], points
 
 
