@@ -15,8 +15,8 @@ Auto-RGN about 25 points against `last`; from the fitted head they gain on it in
 Measured and dropped: letting the probed head itself stand as epoch 0, kept where no
 body epoch beats it on validation. Its validation score is a maximum over epochs and
 lrs, inflated by the noise of 100 images, so it won where fine-tuning was better on
-test (CIFAR-Flip: the head's 81.3 % against 82.8 % without it; motion_blur under
-Auto-RGN: 68.4 % against the body's).
+test (CIFAR-Flip: the head's 81.3 % against 82.8 % and 83.2 % without it; motion_blur
+under Auto-RGN: 68.4 % against 75.2 %).
 
 Two methods, the same settings but for the body: `lp_ft` (Adam on every parameter, the
 paper's `all`) and `lp_rgn` (Auto-RGN, its section's settings). Their rows name the
