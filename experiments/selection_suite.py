@@ -79,8 +79,8 @@ def main(argv=None):
         raise SurgeryError(f'--families: unknown family {f!r}; valid: {", ".join(FAMILIES)}')
     if not os.path.exists(args.init_checkpoint):
       raise SurgeryError(f'--init_checkpoint: {args.init_checkpoint} does not exist')
-    configs = {f: family_config(f, seeds, _csv(args.methods, 'methods'), args.init_checkpoint)
-               for f in families}
+    methods = _csv(args.methods, 'methods')
+    configs = {f: family_config(f, seeds, methods, args.init_checkpoint) for f in families}
     for config in configs.values():  # every family's config is checked before any run
       make_plan(config)
     for f, config in configs.items():
