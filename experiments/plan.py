@@ -132,6 +132,11 @@ def config_record(config) -> str:
 def record_text(record: dict, ids: dict) -> str:
   """`config_record` of a config as a dict, given the content ids of its CONTENT_FIELDS."""
   record = dict(record)
+  for field in NOT_RESULT_FIELDS:  # run axes given as `--config.methods=a,b` arrive as ['a,b']
+    if isinstance(record.get(field), list):
+      items = [p for i in record[field] for p in (i.split(',') if isinstance(i, str) else [i])]
+      record[field] = [p.strip() if isinstance(p, str) else p for p in items
+                       if not (isinstance(p, str) and not p.strip())]
   for field, cid in ids.items():
     if not record[field].startswith(SHA_PREFIX):
       record[f'{field}_file'] = _portable_path(record[field])

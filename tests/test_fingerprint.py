@@ -175,6 +175,18 @@ def test_config_record_keeps_a_config_without_checkpoint_as_it_was():
   assert ml_collections.ConfigDict(json.loads(config_record(config))).init_checkpoint == ''
 
 
+def test_config_record_splits_command_line_lists_without_moving_the_fingerprint():
+  config = _config('')
+  config.methods = ('lp_ft,lp_rgn',)  # what `--config.methods=lp_ft,lp_rgn` leaves there
+  config.corruptions = ('frost, snow', 'fog')
+  before = _fp(config)
+  record = json.loads(config_record(config))
+  assert record['methods'] == ['lp_ft', 'lp_rgn']
+  assert record['corruptions'] == ['frost', 'snow', 'fog']
+  assert record['seeds'] == list(config.seeds)
+  assert fingerprint(result_fields(ml_collections.ConfigDict(record))) == before
+
+
 def _legacy_folder(tmp_path, old_record):
   """A workdir as committed before fingerprints: rows without the column, config.json."""
   folder = tmp_path / 'legacy'
