@@ -18,6 +18,12 @@ Then the CIFAR-10-C table from it:
         --config.init_checkpoint=workdir/scratch_source/source_model \
         --config.corruptions=gaussian_noise,snow,jpeg_compression,glass_blur \
         --config.seeds=0,1,2
+
+and MEMO's online first_layer and all on it (1,000 tuning + 9,000 held-out images):
+
+    python -m experiments.main --config=configs/memo_paper.py --workdir=workdir/scratch_memo \
+        --config.init_checkpoint=workdir/scratch_source/source_model \
+        --config.settings=online/first_layer,online/all --config.corruptions=gaussian_noise
 """
 from configs import cifar10c
 
