@@ -76,10 +76,7 @@ def as_list(value, field, kind=str):
   """A config list: a tuple/list, or a comma string. On the command line
   `--config.methods=all,last` reaches a tuple field as ('all,last',) (ml_collections
   splits only what parses as a Python literal), so string items are split too."""
-  items = value if isinstance(value, (list, tuple)) else [value]
-  items = [p.strip() if isinstance(p, str) else p
-           for i in items for p in (i.split(',') if isinstance(i, str) else [i])]
-  items = [i for i in items if i != '']
+  items = _split_items(value)
   try:
     out = [kind(i) for i in items]
   except (TypeError, ValueError):
@@ -87,6 +84,14 @@ def as_list(value, field, kind=str):
   if kind is float and not all(math.isfinite(v) for v in out):
     raise SurgeryError(f'{field}: values must be finite, got {value!r}')
   return out
+
+
+def _split_items(value) -> list:
+  """A list value's items, each comma string split into its stripped, non-empty parts."""
+  items = value if isinstance(value, (list, tuple)) else [value]
+  items = [p.strip() if isinstance(p, str) else p
+           for i in items for p in (i.split(',') if isinstance(i, str) else [i])]
+  return [i for i in items if i != '']
 
 
 def _int_at_least(config, field, low):
@@ -134,9 +139,7 @@ def record_text(record: dict, ids: dict) -> str:
   record = dict(record)
   for field in NOT_RESULT_FIELDS:  # run axes given as `--config.methods=a,b` arrive as ['a,b']
     if isinstance(record.get(field), list):
-      items = [p for i in record[field] for p in (i.split(',') if isinstance(i, str) else [i])]
-      record[field] = [p.strip() if isinstance(p, str) else p for p in items
-                       if not (isinstance(p, str) and not p.strip())]
+      record[field] = _split_items(record[field])
   for field, cid in ids.items():
     if not record[field].startswith(SHA_PREFIX):
       record[f'{field}_file'] = _portable_path(record[field])
