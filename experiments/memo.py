@@ -256,7 +256,7 @@ def train_and_evaluate(config, workdir):
         f'{"tuned" if tuning else config.steps} step(s). Model {plan.spec.name}.', flush=True)
   # Loaded before config.json is written, so an unusable checkpoint changes nothing.
   variables = plan.spec.load(config.init_checkpoint) if todo else None
-  skeleton.save_config(workdir, config)
+  skeleton.save_config(workdir, config, RUN_AXES)
   if not todo:
     skeleton.report(write_outputs, workdir, table.rows, plan)
     return table.rows

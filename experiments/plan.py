@@ -126,18 +126,21 @@ def _portable_path(value):
   return value
 
 
-def config_record(config) -> str:
+def config_record(config, run_axes=()) -> str:
   """config.json's text: the config, with each `CONTENT_FIELDS` path replaced by its
   content id (the path kept beside it as `<field>_file`) and absolute paths cut to their
-  last component."""
+  last component. List fields among `NOT_RESULT_FIELDS` and a runner's own `run_axes`
+  are recorded as their items."""
   record = json.loads(config.to_json())
-  return record_text(record, {f: content_id(record[f]) for f in CONTENT_FIELDS if record.get(f)})
+  ids = {f: content_id(record[f]) for f in CONTENT_FIELDS if record.get(f)}
+  return record_text(record, ids, run_axes)
 
 
-def record_text(record: dict, ids: dict) -> str:
+def record_text(record: dict, ids: dict, run_axes=()) -> str:
   """`config_record` of a config as a dict, given the content ids of its CONTENT_FIELDS."""
   record = dict(record)
-  for field in NOT_RESULT_FIELDS:  # run axes given as `--config.methods=a,b` arrive as ['a,b']
+  # Only named run axes: a result field's string (a regex, say) may hold a comma.
+  for field in (*NOT_RESULT_FIELDS, *run_axes):  # `--config.methods=a,b` arrives as ['a,b']
     if isinstance(record.get(field), list):
       record[field] = _split_items(record[field])
   for field, cid in ids.items():

@@ -34,9 +34,10 @@ def resume(workdir: str, table, plan, todo, read_old_fields=read_result_fields) 
   distributed.barrier('read results.csv')
 
 
-def save_config(workdir: str, config) -> None:
+def save_config(workdir: str, config, run_axes=()) -> None:
+  """config.json; list fields named in `run_axes` (the runner's own) recorded as items."""
   if distributed.is_primary():
-    store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config))
+    store.atomic_write(os.path.join(workdir, 'config.json'), config_record(config, run_axes))
 
 
 def report(write_outputs, workdir: str, rows, plan, show: bool = True) -> None:

@@ -80,11 +80,13 @@ def test_memo_sweep_outputs_and_safe_resume(tiny, monkeypatch):
   config.steps, config.num_copies = 1, 2
 
   # Run axes (options, modes, no_adaptation, seed) may change: only the new runs run,
-  # under the same fingerprint.
-  config.options = ('first_layer', 'last')
+  # under the same fingerprint. Given as `--config.options=first_layer,last` gives them,
+  # config.json records the items.
+  config.options = ('first_layer,last',)
   config.no_adaptation = False
   runner.train_and_evaluate(config, workdir)
   assert calls == ['last']
+  assert json.loads(_files(workdir)['config.json'])['options'] == ['first_layer', 'last']
   again = _rows(workdir)
   assert [r['method'] for r in again] == ['no_adaptation', 'online/first_layer', 'online/last']
   assert again[:2] == rows and {r['fingerprint'] for r in again} == fingerprints
