@@ -80,8 +80,8 @@ def test_memo_sweep_outputs_and_safe_resume(tiny, monkeypatch):
   config.steps, config.num_copies = 1, 2
 
   # Run axes (options, modes, no_adaptation, seed) may change: only the new runs run,
-  # under the same fingerprint. Given as `--config.options=first_layer,last` gives them,
-  # config.json records the items.
+  # under the same fingerprint. Given as one comma string (what
+  # `--config.options=first_layer,last` leaves), config.json records the items.
   config.options = ('first_layer,last',)
   config.no_adaptation = False
   runner.train_and_evaluate(config, workdir)
