@@ -70,6 +70,29 @@ def test_cross_val_is_mean_and_se_over_all_seeds_of_per_seed_picks(tmp_path):
   assert 'Test accuracy (%), seed 1;' in text and 'standard error' not in text
 
 
+def test_paired_differences_pair_each_seed_with_the_reference_picks(tmp_path):
+  rows = store.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS)).rows
+  # Picks on mean val over seeds: block1 lr=0.001 (tests .70 .60 .85), block2 lr=0.001
+  # (tests .66 .62 .55): differences .04, -.02, .30; deviations from their mean .10667
+  # give s.e. sqrt((.0044444 + .0160444 + .0373778) / 2 / 3) = .0982061.
+  _, chosen = summary_lib.summarize(rows, ['block1', 'block2'], ['snow'])
+  mean, se, worst, n = summary_lib.paired_differences(chosen, ['block1', 'block2'], ['snow'],
+                                                      reference='block2')['block1']
+  assert (mean, worst, n) == (pytest.approx(0.32 / 3), pytest.approx(-0.02), 3)
+  assert se == pytest.approx(0.0982061, rel=1e-5)
+  # A seed the reference lacks is no pair: last has seeds 0 and 1 only here.
+  partial = [r for r in rows if not (r['method'] == 'last' and r['seed'] == '2')]
+  _, chosen = summary_lib.summarize(partial, ['block1', 'last'], ['snow'])
+  diffs = summary_lib.paired_differences(chosen, ['block1', 'last'], ['snow'], 'last')
+  assert diffs['block1'][0] == pytest.approx(0.30) and diffs['block1'][3] == 2
+  as_all = [dict(r, method='all') if r['method'] == 'block2' else r for r in rows]
+  text, _ = summary_lib.markdown_summary(as_all, ['all', 'block1'], ['snow'], 'T')
+  assert '| block1 | +10.7 ± 9.8 | -2.0 | 3 |' in text
+  one_pair = [r for r in as_all if r['seed'] == '0']
+  assert 'Difference from' not in summary_lib.markdown_summary(
+      one_pair, ['all', 'block1'], ['snow'], 'T')[0]
+
+
 def test_cross_val_waits_for_every_planned_candidate(tmp_path):
   rows = store.ResultsCsv(_write(tmp_path / 'results.csv', THREE_SEEDS)).rows
   planned = [store.row_key(r) for r in rows]

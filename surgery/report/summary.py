@@ -107,6 +107,38 @@ def summarize(rows, methods, shifts, metric=DEFAULT_METRIC, report=None):
   return table, chosen
 
 
+def paired_differences(chosen, methods, shifts, reference='all', metric=DEFAULT_METRIC):
+  """{method: (mean, s.e., worst, n)} of test_<metric>(method) − test_<metric>(reference)
+  over the (shift, seed) pairs both have, each method's `select_lr` pick (Cross-Val's
+  per-seed picks); the paper's claims compare blocks with `all` this way. Methods with
+  no pair, and the reference itself, are left out."""
+  out = {}
+  for m in methods:
+    if m == reference:
+      continue
+    diffs = []
+    for s in shifts:
+      ref = {str(r['seed']): _test(r, metric) for r in chosen.get((s, reference), ())}
+      diffs += [_test(r, metric) - ref[str(r['seed'])] for r in chosen.get((s, m), ())
+                if str(r['seed']) in ref]
+    if diffs:
+      out[m] = (*mean_se(diffs), min(diffs), len(diffs))
+  return out
+
+
+def _difference_lines(chosen, methods, shifts, reference, metric):
+  diffs = paired_differences(chosen, methods, shifts, reference, metric)
+  if not diffs or max(d[3] for d in diffs.values()) < 2:
+    return []
+  lines = ['', f'Difference from `{reference}` (points), paired by (shift, seed): mean ± '
+               'standard error over the pairs, and the worst pair:', '',
+           '| method | mean ± s.e. | worst | pairs |', '|---|---|---|---|']
+  for m, (mean, se, worst, n) in diffs.items():
+    spread = '' if math.isnan(se) else f' ± {100 * se:.1f}'
+    lines.append(f'| {m} | {100 * mean:+.1f}{spread} | {100 * worst:+.1f} | {n} |')
+  return lines
+
+
 def _fractional_ranks(values):
   """Ranks of `values` (1 = largest); equal values share the mean of their positions."""
   order = sorted(range(len(values)), key=lambda i: -values[i])
@@ -198,6 +230,7 @@ def markdown_summary(rows, methods, shifts, title, notes='', protocol=FINETUNE_P
            + protocol + (f' Selection on val_{metric}, table of test_{metric}.'
                          if metric != DEFAULT_METRIC else ''), '']
   lines += _table_lines(table, methods, shifts)
+  lines += _difference_lines(chosen, methods, shifts, 'all', metric)
   for other in also:
     if other == metric or not any(r.get(f'test_{other}') not in (None, '') for r in rows):
       continue
