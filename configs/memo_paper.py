@@ -13,11 +13,12 @@ on the three noises, and online all collapses everywhere. Online first_2_layers 
 best online setting on shot_noise (+7.9) and defocus_blur (+6.8), as in the paper. At a
 gaining lr online MEMO is bistable: the same setting gains about 20 points on some
 seeded streams and collapses on others, so one 1,000-image tuning stream does not
-predict the held-out one. Both collapses of online first_layer trace to the JPEG copy:
-on exact pixels of the same images it gains +16.5 on gaussian_noise
-(results/memo_exact), and from a source trained on the JPEG pixels
-(results/scratch_source/memo) +9.7 ± 0.4 over 9,000 images; online all collapses in
-both, there after gaining for 3,000 images.
+predict the held-out one. Online first_layer's collapses on the noises trace to the JPEG
+copy: on exact pixels of the same images it gains +16.5, +20.2 and +6.5 on gaussian,
+shot and impulse noise (results/memo_exact), and on gaussian_noise from a source trained
+on the JPEG pixels +9.7 ± 0.4 over 9,000 images (results/scratch_source/memo). Online
+all collapses in both of those too, from the scratch source after gaining for 3,000
+images.
 
 Cost on 2 CPU cores: 4-9 adapted images/s per stream (2 steps halve it), so one online
 setting's tuning (9 streams of 1,000) plus its held-out stream is 40-60 minutes

@@ -112,15 +112,14 @@ def paired_differences(chosen, methods, shifts, reference='all', metric=DEFAULT_
   over the (shift, seed) pairs both have, each method's `select_lr` pick (Cross-Val's
   per-seed picks); the paper's claims compare blocks with `all` this way. Methods with
   no pair, and the reference itself, are left out."""
+  ref = {(s, str(r['seed'])): _test(r, metric) for s in shifts
+         for r in chosen.get((s, reference), ())}
   out = {}
   for m in methods:
     if m == reference:
       continue
-    diffs = []
-    for s in shifts:
-      ref = {str(r['seed']): _test(r, metric) for r in chosen.get((s, reference), ())}
-      diffs += [_test(r, metric) - ref[str(r['seed'])] for r in chosen.get((s, m), ())
-                if str(r['seed']) in ref]
+    diffs = [_test(r, metric) - ref[(s, str(r['seed']))] for s in shifts
+             for r in chosen.get((s, m), ()) if (s, str(r['seed'])) in ref]
     if diffs:
       out[m] = (*mean_se(diffs), min(diffs), len(diffs))
   return out
