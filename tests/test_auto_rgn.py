@@ -141,3 +141,30 @@ def test_a_non_finite_gradient_leaves_the_other_weights_alone(bad):
   for k in PARAMS:
     assert np.isfinite(state.weights[k])
     assert float(state.weights[k]) == pytest.approx(float(ref.weights[k]), rel=1e-6)
+
+
+def test_the_fig6_section_names_picked_runs_whose_weights_are_missing(tmp_path):
+  """A folder rebuilt from results.csv alone keeps its Fig. 6 heading and says which
+  shifts lack weights, rather than dropping the section; shifts with weights plot."""
+  import json
+  from surgery import models
+  from surgery.methods import auto_rgn, registry
+  groups = models.create('resnet26', depth=8).groups
+  rows = [dict(shift=s, method='auto_rgn', lr=lr, hparam='', seed='0', val_acc=acc)
+          for s in ('snow', 'fog') for lr, acc in (('0.001', '0.7'), ('0.0001', '0.6'))]
+  ctx = registry.ReportContext(str(tmp_path), rows, ['snow', 'fog'], groups, 'acc')
+  lines = auto_rgn.METHOD.report(ctx)
+  assert lines[0] == '## Auto-RGN weights accumulated over training (Fig. 6)'
+  assert 'No weights in auto_rgn/ for the picked run of: snow, fog' in '\n'.join(lines)
+  assert not (tmp_path / 'auto_rgn_weights.png').exists()
+
+  (tmp_path / 'auto_rgn').mkdir()  # the picked run (lr 1e-3) of snow wrote its weights
+  (tmp_path / 'auto_rgn' / 'snow_lr0.001_seed0.json').write_text(json.dumps(
+      {'tensors': ['stage1/block0/conv1/kernel', 'head/kernel'],
+       'weights': [[1.0, 0.5], [0.8, 0.2]]}))
+  text = '\n'.join(auto_rgn.METHOD.report(ctx))
+  assert 'No weights in auto_rgn/ for the picked run of: fog (' in text
+  assert '| block1 | **1.80** |' in text
+  assert (tmp_path / 'auto_rgn_weights.png').stat().st_size > 1000
+  assert auto_rgn.METHOD.report(registry.ReportContext(str(tmp_path), [], ['snow'], groups,
+                                                       'acc')) == []

@@ -236,20 +236,31 @@ def _report(ctx) -> list:
   def group_of(path):
     return next((g for g, rx in ctx.groups if re.search(rx, path)), '?')
 
-  panels = []
+  panels, missing = [], []
   for shift in ctx.shifts:
     runs = chosen.get((shift, METHOD.name))
     if runs:
       got = _read_weights(ctx.workdir, shift, runs[0]['lr'], runs[0]['seed'], group_of)
       if got:
         panels.append((f'{shift} (lr {runs[0]["lr"]})',) + got)
-  if not panels:
+      else:
+        missing.append(shift)
+  if not panels and not missing:
     return []
+  title = ['## Auto-RGN weights accumulated over training (Fig. 6)', '']
+  # The weights are written by the runs, not kept in results.csv: a folder rebuilt from
+  # its rows alone (report_only after a merge or a copy) says so instead of going quiet.
+  absent = ([f'No weights in {FOLDER}/ for the picked run of: {", ".join(missing)} '
+             '(the runs write them; results.csv does not hold them).', '']
+            if missing else [])
+  if not panels:
+    return title + absent
   figures.plot_rgn_weights(panels, os.path.join(ctx.workdir, 'auto_rgn_weights.png'), ctx.groups)
-  return ['## Auto-RGN weights accumulated over training (Fig. 6)', '',
-          "Per tensor in auto_rgn_weights.png; here the mean over each group's tensors "
-          '(norm tensors, which Auto-RGN leaves out, not counted), for the run '
-          'validation picked.', '', figures.rgn_group_means_markdown(panels, ctx.groups), '']
+  return title + [
+      "Per tensor in auto_rgn_weights.png; here the mean over each group's tensors "
+      '(norm tensors, which Auto-RGN leaves out, not counted), for the run '
+      'validation picked.', '', figures.rgn_group_means_markdown(panels, ctx.groups),
+      ''] + absent
 
 
 METHOD = Method(
