@@ -12,8 +12,9 @@ this source (+0.3 ± 0.6 points). The corruptions are built from the JPEG copy o
 CIFAR-10 in ../shared, on whose clean test set the source model, trained on the exact
 pixels, alone scores 0.8207 (`--config.corruptions=clean --config.methods=no_adaptation`).
 From a source trained on the same JPEG pixels (configs/scratch_source.py) the margin is
-+1.7 ± 0.3 over 4 corruptions x 3 seeds (results/scratch_source/c10c): the sign
-reproduces once source and target share their pixels, at about 60 % of the size.
++1.7 ± 0.3 over 4 corruptions x 3 seeds (results/scratch_source/c10c; block1 best of
+the six options in 11 of 12 cases): the sign reproduces once source and target share
+their pixels, at about 60 % of the size.
 """
 import ml_collections
 
