@@ -2,7 +2,7 @@
 
     python -m experiments.selection_suite --out=results/selection \\
         --init_checkpoint=WEIGHTS [--seeds=0,1,2] [--families=input,output,parameter,feature] \\
-        [--methods=probe_commit,lp_ft,lp_rgn]
+        [--methods=probe_commit,lp_ft,lp_rgn] [--report_only]
 
 WEIGHTS is the MEMO ResNet-26 (`memo_resnet26_gn_cifar10.pth`), the source model of the
 first three families; the feature family trains its own source in its workdir (stage 1
@@ -67,6 +67,9 @@ def main(argv=None):
   ap.add_argument('--seeds', default='0,1,2')
   ap.add_argument('--families', default=','.join(FAMILIES))
   ap.add_argument('--methods', default=','.join(NEW), help='the one-run methods compared')
+  ap.add_argument('--report_only', action='store_true',
+                  help='rewrite the summaries from the rows there and run nothing (e.g. of '
+                       'a suite still running, over its finished cases)')
   args = ap.parse_args(argv)
   from experiments import sweep
   from experiments.plan import make_plan
@@ -81,6 +84,8 @@ def main(argv=None):
       raise SurgeryError(f'--init_checkpoint: {args.init_checkpoint} does not exist')
     methods = _csv(args.methods, 'methods')
     configs = {f: family_config(f, seeds, methods, args.init_checkpoint) for f in families}
+    for config in configs.values():
+      config.report_only = args.report_only
     for config in configs.values():  # every family's config is checked before any run
       make_plan(config)
     for f, config in configs.items():

@@ -36,3 +36,32 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys, args, word
   err = capsys.readouterr().err
   assert e.value.code == 1 and words in err and len(err.strip().splitlines()) == 1
   assert not out.exists()
+
+
+def test_report_only_summarises_the_finished_cases_and_runs_nothing(tmp_path, monkeypatch,
+                                                                     capsys):
+  from experiments import finetune, skeleton
+  from surgery.report.store import ResultsCsv
+  weights = tmp_path / 'w.pth'
+  weights.write_bytes(b'')
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('report_only trained')
+  monkeypatch.setattr(finetune, 'source_variables', no_training)
+  config = suite.family_config('output', (0, 1), ('lp_rgn',), str(weights))
+  plan = make_plan(config)
+  table = ResultsCsv(str(tmp_path / 'out' / 'output' / 'results.csv'))
+  skeleton.save_config(str(tmp_path / 'out' / 'output'), config)
+  for r in plan.runs:
+    if r.seed == 1 and r.method == 'auto_rgn':
+      continue  # seed 1 still running
+    table.add(dict(shift=r.shift, method=r.method, lr=r.lr, hparam=r.hparam, seed=r.seed,
+                   best_epoch=1, val_acc=0.5, test_acc=0.8 if r.method == 'lp_rgn' else 0.6,
+                   n_tune=1, n_val=1, n_test=1, seconds=10, fingerprint=plan.fingerprint,
+                   extra=''))
+  suite.main([f'--out={tmp_path / "out"}', f'--init_checkpoint={weights}', '--families=output',
+              '--seeds=0,1', '--methods=lp_rgn', '--report_only'])
+  assert (tmp_path / 'out' / 'output' / 'summary.md').exists()
+  text = (tmp_path / 'out' / 'summary.md').read_text()
+  assert '## output: 1 (shift, seed) case(s)' in text and '| lp_rgn | 80.00 | +20.00 ±' in text
+  assert 'Left out, their baseline runs not all made yet: label_flip seed 1.' in text

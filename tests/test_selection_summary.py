@@ -41,9 +41,9 @@ def test_paired_difference_worst_case_and_oracle(tmp_path):
            seconds=15),
       dict(shift='fog', seed=0, method='probe_commit', lr=0, val_acc=0.8, test_acc=0.46,
            seconds=15)])
-  new, cases, acc, cost = S.compare(S._read(str(tmp_path / 'new')),
-                                    S._read(str(tmp_path / 'base')), OPTIONS)
-  assert new == ['probe_commit'] and cases == [('fog', '0'), ('snow', '0')]
+  new, cases, acc, cost, pending = S.compare(S._read(str(tmp_path / 'new')),
+                                             S._read(str(tmp_path / 'base')), OPTIONS)
+  assert new == ['probe_commit'] and cases == [('fog', '0'), ('snow', '0')] and not pending
   assert acc['cross_val'] == {('fog', '0'): 0.5, ('snow', '0'): 0.7}  # block2, best on val
   assert acc['all'] == {('fog', '0'): 0.6, ('snow', '0'): 0.6}  # lr 1e-3: best on val
   assert acc['oracle'] == {('fog', '0'): 0.9, ('snow', '0'): 0.9}  # all at 1e-4, by test
@@ -86,3 +86,19 @@ def test_one_folder_holding_both_compares_only_the_own_loop_methods(tmp_path, ca
     S.main([f'--markdown={tmp_path / "x.md"}', f'input={tmp_path / "none"}:{both}'])
   assert 'no rows of a method with its own loop' in capsys.readouterr().err
   assert not (tmp_path / 'x.md').exists()
+
+
+def test_a_case_whose_baseline_grid_is_half_run_is_left_out_and_named(tmp_path, capsys):
+  # A sweep still running: fog has `all` at one of its two lrs and no auto_rgn yet.
+  fog = [r for r in _base('fog', 1, 0.8, 0.5) if r['method'] != 'auto_rgn'
+         and not (r['method'] == 'all' and r['lr'] == 1e-4)]
+  _write(tmp_path / 'base', _base('snow', 0, 0.8, 0.7) + fog)
+  _write(tmp_path / 'new', [
+      dict(shift=s, seed=seed, method='lp_rgn', lr=0, val_acc=0.8, test_acc=0.75)
+      for s, seed in (('snow', 0), ('fog', 1))])
+  new, cases, acc, cost, pending = S.compare(S._read(str(tmp_path / 'new')),
+                                             S._read(str(tmp_path / 'base')), OPTIONS)
+  assert cases == [('snow', '0')] and pending == [('fog', '1')]
+  assert set(acc['all']) == set(acc['cross_val']) == {('snow', '0')}
+  lines, _ = S.family_lines('input', new, cases, acc, cost, pending)
+  assert 'Left out, their baseline runs not all made yet: fog seed 1.' in lines

@@ -8,7 +8,8 @@ Each argument is FAMILY=NEW:BASELINE (the same folder twice where it holds both)
 holds rows of methods with their own loop (e.g. probe_commit; its other rows are not
 read), BASELINE the rows of the model's surgical options (Cross-Val's candidates), `all`
 and `auto_rgn`, made under the same fingerprint (else an error). Per
-(shift, seed) that NEW has, it compares each new method with Cross-Val (the candidate
+(shift, seed) that NEW has and BASELINE has finished (every method as many runs as in
+its fullest case; the others are named as left out), it compares each new method with Cross-Val (the candidate
 with the best validation accuracy), `all` and `auto_rgn` (their lr chosen on
 validation, per shift and seed), and the oracle: the best test accuracy among Cross-Val's
 candidates and `all`'s lrs. Per family: mean test accuracy, the paired difference from
@@ -69,7 +70,8 @@ def compare(new_rows, base_rows, options):
   # leaves out first_layer), in network order.
   options = [o for o in options if any(r['method'] == o for r in base_rows)]
   new = sorted({r['method'] for r in new_rows})
-  cases = sorted({(r['shift'], str(r['seed'])) for r in new_rows})
+  cases, pending = _finished(sorted({(r['shift'], str(r['seed'])) for r in new_rows}),
+                             base_rows, options + [FULL, RGN])
   acc = {m: {} for m in new + ['cross_val', FULL, RGN, 'oracle']}
   cost = {m: {} for m in acc}
   for case in cases:
@@ -90,10 +92,26 @@ def compare(new_rows, base_rows, options):
       if (r['shift'], str(r['seed'])) == case:
         acc[r['method']][case] = float(r['test_acc'])
         cost[r['method']][case] = float(r['seconds'])
-  return new, cases, acc, cost
+  return new, cases, acc, cost, pending
 
 
-def family_lines(name, new, cases, acc, cost):
+def _finished(cases, base_rows, methods):
+  """(finished, pending): a case is finished when each baseline method has as many runs
+  in it as in the baseline's fullest case, so a sweep still running (its grids half done
+  in one case) is summarised over the cases it has finished, not over part of a grid."""
+  count = {}
+  for r in base_rows:
+    if r['method'] in methods:
+      key = (r['method'], (r['shift'], str(r['seed'])))
+      count[key] = count.get(key, 0) + 1
+  full = {}
+  for (m, _), n in count.items():
+    full[m] = max(full.get(m, 0), n)
+  done = [c for c in cases if all(count.get((m, c), 0) == n for m, n in full.items())]
+  return done, [c for c in cases if c not in done]
+
+
+def family_lines(name, new, cases, acc, cost, pending=()):
   """The markdown of one family, and {method: (mean cost over `all`, mean accuracy)}."""
   full_cost = [cost[FULL][c] for c in cases if c in cost[FULL]]
   unit = math.fsum(full_cost) / len(full_cost) if full_cost else float('nan')
@@ -122,6 +140,9 @@ def family_lines(name, new, cases, acc, cost):
     gap = f'{math.fsum(oracle) / len(oracle):.2f}' if oracle else ''
     label = m if len(have) == len(cases) else f'{m} ({len(have)} of {len(cases)} cases)'
     lines.append(f'| {label} | {mean_acc:.2f} | ' + ' | '.join(cells) + f' | {gap} | {c_mean:.2f} |')
+  if pending:
+    lines += ['', f'Left out, their baseline runs not all made yet: '
+              + ', '.join(f'{shift} seed {seed}' for shift, seed in pending) + '.']
   return lines + [''], points
 
 
@@ -168,8 +189,8 @@ def main(argv=None):
       if not new_rows:
         raise SurgeryError(f'{new_dir}: no rows of a method with its own loop '
                            f'({", ".join(sorted(own_loop))})')
-      new, cases, acc, cost = compare(new_rows, _read(base_dir), _options(base_dir))
-      text, points = family_lines(name, new, cases, acc, cost)
+      new, cases, acc, cost, pending = compare(new_rows, _read(base_dir), _options(base_dir))
+      text, points = family_lines(name, new, cases, acc, cost, pending)
       lines += text
       panels.append((name, points))
   except SurgeryError as e:
