@@ -84,9 +84,8 @@ def main(argv=None):
       raise SurgeryError(f'--init_checkpoint: {args.init_checkpoint} does not exist')
     methods = _csv(args.methods, 'methods')
     configs = {f: family_config(f, seeds, methods, args.init_checkpoint) for f in families}
-    for config in configs.values():
-      config.report_only = args.report_only
     for config in configs.values():  # every family's config is checked before any run
+      config.report_only = args.report_only
       make_plan(config)
     for f, config in configs.items():
       print(f'== {f} family: {os.path.join(args.out, f)}', flush=True)

@@ -9,9 +9,9 @@ holds rows of methods with their own loop (e.g. probe_commit; its other rows are
 read), BASELINE the rows of the model's surgical options (Cross-Val's candidates), `all`
 and `auto_rgn`, made under the same fingerprint (else an error). Per
 (shift, seed) that NEW has and BASELINE has finished (every method as many runs as in
-its fullest case; the others are named as left out), it compares each new method with Cross-Val (the candidate
-with the best validation accuracy), `all` and `auto_rgn` (their lr chosen on
-validation, per shift and seed), and the oracle: the best test accuracy among Cross-Val's
+its fullest case; the others are named as left out), it compares each new method with
+Cross-Val (the candidate with the best validation accuracy), `all` and `auto_rgn`
+(their lr chosen on validation, per shift and seed), and the oracle: the best test accuracy among Cross-Val's
 candidates and `all`'s lrs. Per family: mean test accuracy, the paired difference from
 Cross-Val with its standard error over (shift, seed) and its one-sided 90 % lower bound
 (mean - 1.28 s.e.), the worst single case, and the gap to the oracle. Cost: wall seconds
@@ -20,6 +20,7 @@ different times; `python -m experiments.bench.selection` measures it side by sid
 The figure beside the markdown plots accuracy against that cost, one panel per family.
 """
 import argparse
+import collections
 import json
 import math
 import os
@@ -99,11 +100,8 @@ def _finished(cases, base_rows, methods):
   """(finished, pending): a case is finished when each baseline method has as many runs
   in it as in the baseline's fullest case, so a sweep still running (its grids half done
   in one case) is summarised over the cases it has finished, not over part of a grid."""
-  count = {}
-  for r in base_rows:
-    if r['method'] in methods:
-      key = (r['method'], (r['shift'], str(r['seed'])))
-      count[key] = count.get(key, 0) + 1
+  count = collections.Counter((r['method'], (r['shift'], str(r['seed'])))
+                              for r in base_rows if r['method'] in methods)
   full = {}
   for (m, _), n in count.items():
     full[m] = max(full.get(m, 0), n)
