@@ -29,12 +29,12 @@ and MEMO's online first_layer and all on it (1,000 tuning + 9,000 held-out image
         --config.settings=online/first_layer,online/all --config.corruptions=gaussian_noise
 
 Verdicts (results/scratch_source/README.md): block1 − all = +1.7 ± 0.3 points over the
-12 (corruption, seed) pairs (paper: "almost 3 %"; from MEMO's exact-pixel source
-+0.3 ± 0.5), so the claim reproduces in sign at about 60 % of its size; on the full
-table (264 runs) block1 > block2 > block3 > last, block1 is the best of the six options
-in 11 of 12 cases, Auto-RGN is +1.3 ± 0.3 and Cross-Val +0.7 ± 0.4 over `all`; on all
-14 corruptions at seed 0 block1 − all is +1.0 ± 0.5 (results/scratch_source/c10c_14_seed0). Online MEMO on
-gaussian_noise, 9,000 held-out images: first_layer +9.7 ± 0.4 (Table 9: +16.5), all
+12 (corruption, seed) pairs (paper: "almost 3 %"; from MEMO's exact-pixel source +0.3 ±
+0.5), so the claim reproduces in sign at about 60 % of its size; on the full table (264
+runs) block1 > block2 > block3 > last, block1 is the best of the six options in 11 of 12
+cases, Auto-RGN is +1.3 ± 0.3 and Cross-Val +0.7 ± 0.4 over `all`; on all 14 corruptions
+at seed 0 block1 − all is +1.0 ± 0.5 (results/scratch_source/c10c_14_seed0). Online MEMO
+on gaussian_noise, 9,000 held-out images: first_layer +9.7 ± 0.4 (Table 9: +16.5), all
 −27.3 ± 0.6 (Table 9: −0.1; it gains for 3,000 images, then falls onto one class), so
 first_layer beats all as the paper says, and neither Table 9 cell is within 3 points at
 the searched lr; online all at lr 5e-6 gains +1.6 ± 0.2, within 3 of its cell.

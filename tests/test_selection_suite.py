@@ -38,8 +38,7 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys, args, word
   assert not out.exists()
 
 
-def test_report_only_summarises_the_finished_cases_and_runs_nothing(tmp_path, monkeypatch,
-                                                                     capsys):
+def test_report_only_summarises_the_finished_cases_and_runs_nothing(tmp_path, monkeypatch):
   from experiments import finetune, skeleton
   from surgery.report.store import ResultsCsv
   weights = tmp_path / 'w.pth'

@@ -88,7 +88,7 @@ def test_one_folder_holding_both_compares_only_the_own_loop_methods(tmp_path, ca
   assert not (tmp_path / 'x.md').exists()
 
 
-def test_a_case_whose_baseline_grid_is_half_run_is_left_out_and_named(tmp_path, capsys):
+def test_a_case_whose_baseline_grid_is_half_run_is_left_out_and_named(tmp_path):
   # A sweep still running: fog has `all` at one of its two lrs and no auto_rgn yet.
   fog = [r for r in _base('fog', 1, 0.8, 0.5) if r['method'] != 'auto_rgn'
          and not (r['method'] == 'all' and r['lr'] == 1e-4)]

@@ -7,17 +7,17 @@
 Each argument is FAMILY=NEW:BASELINE (the same folder twice where it holds both): NEW
 holds rows of methods with their own loop (e.g. probe_commit; its other rows are not
 read), BASELINE the rows of the model's surgical options (Cross-Val's candidates), `all`
-and `auto_rgn`, made under the same fingerprint (else an error). Per
-(shift, seed) that NEW has and BASELINE has finished (every method as many runs as in
-its fullest case; the others are named as left out), it compares each new method with
-Cross-Val (the candidate with the best validation accuracy), `all` and `auto_rgn`
-(their lr chosen on validation, per shift and seed), and the oracle: the best test accuracy among Cross-Val's
-candidates and `all`'s lrs. Per family: mean test accuracy, the paired difference from
-Cross-Val with its standard error over (shift, seed) and its one-sided 90 % lower bound
-(mean - 1.28 s.e.), the worst single case, and the gap to the oracle. Cost: wall seconds
-of each method's runs over the mean `all` run's, from the rows' `seconds` (made at
-different times; `python -m experiments.bench.selection` measures it side by side).
-The figure beside the markdown plots accuracy against that cost, one panel per family.
+and `auto_rgn`, made under the same fingerprint (else an error). Per (shift, seed) that
+NEW has and BASELINE has finished (every method as many runs as in its fullest case; the
+others are named as left out), it compares each new method with Cross-Val (the candidate
+with the best validation accuracy), `all` and `auto_rgn` (their lr chosen on validation,
+per shift and seed), and the oracle: the best test accuracy among Cross-Val's candidates
+and `all`'s lrs. Per family: mean test accuracy, the paired difference from Cross-Val
+with its standard error over (shift, seed) and its one-sided 90 % lower bound (mean -
+1.28 s.e.), the worst single case, and the gap to the oracle. Cost: wall seconds of each
+method's runs over the mean `all` run's, from the rows' `seconds` (made at different
+times; `python -m experiments.bench.selection` measures it side by side). The figure
+beside the markdown plots accuracy against that cost, one panel per family.
 """
 import argparse
 import collections
