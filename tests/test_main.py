@@ -408,6 +408,29 @@ def test_merge_results_of_parallel_sweeps(tmp_path):
   assert len(ResultsCsv(str(a / 'results.csv')).rows) == 2
 
 
+def test_merge_results_carries_each_runs_history_once(tmp_path):
+  from experiments.tools.merge_results import merge
+  from surgery.report.store import ResultsCsv, append_jsonl
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  row = dict(shift='snow', method='all', lr=1e-3, seed=0, best_epoch=1, val_acc=0.5, test_acc=0.6)
+  history = lambda shift, acc: dict(shift=shift, method='all', lr=1e-3, hparam='', seed=0,
+                                    fingerprint='f', epochs=[dict(epoch=1, val_acc=acc)])
+  ResultsCsv(str(a / 'results.csv')).add(row)  # a has snow's row, not its history
+  tb = ResultsCsv(str(b / 'results.csv'))
+  tb.add(row)
+  tb.add({**row, 'shift': 'fog'})
+  append_jsonl(str(b / 'metrics.jsonl'), history('fog', 0.1))  # fog's first try, cut short
+  (b / 'metrics.jsonl').open('a').write('{"shift": "fog", "epo')  # torn by that cut
+  for record in (history('fog', 0.5), history('snow', 0.5), history('hail', 0.9)):
+    append_jsonl(str(b / 'metrics.jsonl'), record)  # hail: no row, a run cut short
+  assert merge(str(a), [str(b)]) == 1
+  lines = [json.loads(x) for x in (a / 'metrics.jsonl').read_text().splitlines()]
+  assert sorted((r['shift'], r['epochs'][0]['val_acc']) for r in lines) == [
+      ('fog', 0.5), ('snow', 0.5)]
+  assert merge(str(a), [str(b)]) == 0
+  assert len((a / 'metrics.jsonl').read_text().splitlines()) == 2  # nothing twice
+
+
 def test_merge_results_carries_memo_tuning_rows_and_streams(tmp_path):
   from experiments.tools.merge_results import merge
   from surgery.report.store import ResultsCsv

@@ -5,19 +5,22 @@ processes or hosts) into one workdir.
 
 Rows of results.csv (and of a MEMO sweep's tuning.csv) are keyed by (shift, method, lr,
 hparam, seed); a run present in several workdirs must have the same result in each.
-The per-run files are copied too: each method's `records_folder` (Auto-RGN's weights), and MEMO's per-image streams
-(`streams/`, `tuning/`; a stream's unfinished `.partial.npz` stays behind). A file
-present on both sides must be identical. On any conflict nothing is written.
+The per-run files are copied too: each method's `records_folder` (Auto-RGN's weights),
+MEMO's per-image streams (`streams/`, `tuning/`; a stream's unfinished `.partial.npz`
+stays behind), and each run's per-epoch history in metrics.jsonl, for every row of
+`--into` whose history it lacks and a source holds with the same row. A file present
+on both sides must be identical. On any conflict nothing is written.
 Afterwards, rerun the sweep's command on the merged workdir: every run is found
 finished, and summary.md and the plots are rewritten.
 """
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import sys
 
-from surgery.report.store import ResultsCsv, row_key
+from surgery.report.store import ResultsCsv, append_jsonl, row_key
 
 TABLES = ('results.csv', 'tuning.csv')  # tuning.csv: MEMO's tuning streams
 MEMO_FOLDERS = ('streams', 'tuning')  # MEMO's per-image streams
@@ -29,6 +32,43 @@ def _folders() -> list:
   return [m.records_folder for m in registry.all_methods().values()
           if m.records_folder] + list(MEMO_FOLDERS)
 UNFINISHED = '.partial.npz'  # a stream checkpoint, only meaningful to its own process
+HISTORY = 'metrics.jsonl'  # the sweep's per-epoch history, one line per run
+
+
+def _histories(workdir: str) -> dict:
+  """{run key: its history record} of `workdir`, for the runs its results.csv holds.
+
+  The sweep appends a run's line just before its row, so a line without a row is of a
+  run cut short (rerun later, the last line of a key is the one its row came with), and
+  an unreadable line is one torn by that cut: neither is a finished run's history."""
+  path = os.path.join(workdir, HISTORY)
+  if not os.path.exists(path):
+    return {}
+  finished = ResultsCsv(os.path.join(workdir, 'results.csv'), write=False).keys()
+  found = {}
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        key = row_key(record)
+      except (ValueError, KeyError, TypeError):
+        continue
+      if key in finished:
+        found[key] = record
+  return found
+
+
+def _new_histories(into: str, sources) -> list:
+  """The history records of rows `into` has (or gets) but whose history it lacks.
+  `_new_rows` has checked that a row in two workdirs has one result, so a source's
+  history of a key is the history of `into`'s row."""
+  have = set(_histories(into))
+  new = {}
+  for src in sources:
+    for key, record in _histories(src).items():
+      if key not in have and key not in new:
+        new[key] = record
+  return list(new.values())
 
 
 def _new_rows(into: str, sources, table: str):
@@ -80,6 +120,7 @@ def merge(into: str, sources) -> int:
   """Merges `sources` into `into`; returns the number of results.csv rows added."""
   rows = {table: _new_rows(into, sources, table) for table in TABLES}
   copies = _new_files(into, sources)
+  histories = _new_histories(into, sources)
   for table, new in rows.items():
     if new:
       ResultsCsv(os.path.join(into, table)).add_many(
@@ -87,6 +128,8 @@ def merge(into: str, sources) -> int:
   for a, b in copies:
     os.makedirs(os.path.dirname(b), exist_ok=True)
     shutil.copy2(a, b)
+  for record in histories:
+    append_jsonl(os.path.join(into, HISTORY), record)
   return len(rows['results.csv'])
 
 
