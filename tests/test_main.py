@@ -420,7 +420,8 @@ def test_merge_results_carries_each_runs_history_once(tmp_path):
   tb.add(row)
   tb.add({**row, 'shift': 'fog'})
   append_jsonl(str(b / 'metrics.jsonl'), history('fog', 0.1))  # fog's first try, cut short
-  (b / 'metrics.jsonl').open('a').write('{"shift": "fog", "epo')  # torn by that cut
+  with (b / 'metrics.jsonl').open('a') as f:
+    f.write('{"shift": "fog", "epo')  # torn by that cut
   for record in (history('fog', 0.5), history('snow', 0.5), history('hail', 0.9)):
     append_jsonl(str(b / 'metrics.jsonl'), record)  # hail: no row, a run cut short
   assert merge(str(a), [str(b)]) == 1
