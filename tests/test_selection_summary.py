@@ -54,6 +54,23 @@ def test_paired_difference_worst_case_and_oracle(tmp_path):
   assert '| -1.00 ± 3.00 | -4.84 | -4.0 (fog, seed 0) | 31.00 | 1.50 |' in row
   assert points['probe_commit'] == (1.5, pytest.approx(59.0))
   assert math.isclose(points['cross_val'][0], 5.0)
+  # `all` and auto_rgn with the lr picked on validation cost their whole grid.
+  assert points['all'][0] == 2.0 and points['auto_rgn'][0] == 1.0
+
+
+def test_cost_is_the_median_of_ratios_within_each_case(tmp_path):
+  # fog's runs were made on a machine twice as loaded, and ice's lp_rgn run while its
+  # process was paused: neither moves the cost.
+  slow = [dict(r, seconds=20) for r in _base('fog', 0, 0.8, 0.5)]
+  _write(tmp_path / 'base', _base('snow', 0, 0.8, 0.7) + slow + _base('ice', 0, 0.8, 0.6))
+  _write(tmp_path / 'new', [
+      dict(shift=shift, seed=0, method='lp_rgn', lr=0, val_acc=0.8, test_acc=0.7,
+           seconds=seconds) for shift, seconds in (('snow', 5), ('fog', 30), ('ice', 100))])
+  new, cases, acc, cost, _ = S.compare(S._read(str(tmp_path / 'new')),
+                                       S._read(str(tmp_path / 'base')), OPTIONS)
+  _, points = S.family_lines('input', new, cases, acc, cost)
+  # Ratios 0.5, 1.5 and 10: the median, where pooled seconds would give 45 / 13.3.
+  assert points['lp_rgn'][0] == pytest.approx(1.5)
 
 
 def test_rows_of_other_configurations_are_refused(tmp_path):
@@ -76,7 +93,7 @@ def test_one_folder_holding_both_compares_only_the_own_loop_methods(tmp_path, ca
                             {'lp_ft': {('snow', '0'): 0.75}, 'cross_val': {}, 'all': {},
                              'auto_rgn': {}, 'oracle': {}},
                             {'lp_ft': {('snow', '0'): 1.0}, 'all': {}, 'cross_val': {},
-                             'auto_rgn': {}})
+                             'auto_rgn': {}, S.ONE_ALL: {('snow', '0'): 2.0}})
   assert any(l.startswith('| lp_ft (1 of 2 cases) | 75.00 |') for l in lines)
   # The baselines are compared with, not compared: one row each, under the new method.
   assert [l.split('|')[1].strip() for l in text.splitlines() if l.startswith('| ')][1:] == [

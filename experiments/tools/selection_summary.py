@@ -14,9 +14,12 @@ with the best validation accuracy), `all` and `auto_rgn` (their lr chosen on val
 per shift and seed), and the oracle: the best test accuracy among Cross-Val's candidates
 and `all`'s lrs. Per family: mean test accuracy, the paired difference from Cross-Val
 with its standard error over (shift, seed) and its one-sided 90 % lower bound (mean -
-1.28 s.e.), the worst single case, and the gap to the oracle. Cost: wall seconds of each
-method's runs over the mean `all` run's, from the rows' `seconds` (made at different
-times; `python -m experiments.bench.selection` measures it side by side). The figure
+1.28 s.e.), the worst single case, and the gap to the oracle. Cost: per case, the wall
+seconds of every run a method needs (Cross-Val's candidates; `all` and `auto_rgn`, their
+whole lr grid, since choosing the lr on validation takes every run) over that case's
+mean `all` run; the median over cases, since a row's `seconds` carry the load of the
+time it ran (a process paused for a benchmark, say); `python -m experiments.bench.selection`
+measures it side by side. The figure
 beside the markdown plots accuracy against that cost, one panel per family.
 """
 import argparse
@@ -24,6 +27,7 @@ import collections
 import json
 import math
 import os
+import statistics
 import sys
 
 
@@ -38,6 +42,7 @@ from surgery.report.store import ResultsCsv
 from surgery.report.summary import mean_se, select_lr
 
 FULL, RGN = 'all', 'auto_rgn'  # the paper's baselines beside Cross-Val
+ONE_ALL = 'one `all` run'  # the cost unit, per case
 
 
 def _read(workdir):
@@ -62,7 +67,8 @@ def _options(workdir):
 def compare(new_rows, base_rows, options):
   """{method: {(shift, seed): test accuracy}} for the new methods, cross_val, all,
   auto_rgn and oracle, over the (shift, seed) cases the new rows hold; plus
-  {method: {(shift, seed): wall seconds}}."""
+  {method: {(shift, seed): wall seconds of every run it needs}}, whose ONE_ALL entry
+  is the case's mean seconds of one `all` run (the cost unit)."""
   fps = {r['fingerprint'] for r in new_rows} | {r['fingerprint'] for r in base_rows}
   if len(fps) != 1:
     raise SurgeryError(f'the rows were made under different fingerprints {sorted(fps)}: '
@@ -74,7 +80,8 @@ def compare(new_rows, base_rows, options):
   cases, pending = _finished(sorted({(r['shift'], str(r['seed'])) for r in new_rows}),
                              base_rows, options + [FULL, RGN])
   acc = {m: {} for m in new + ['cross_val', FULL, RGN, 'oracle']}
-  cost = {m: {} for m in acc}
+  cost = {m: {} for m in acc if m != 'oracle'}
+  cost[ONE_ALL] = {}
   for case in cases:
     mine = [r for r in base_rows if (r['shift'], str(r['seed'])) == case]
     cands = [r for r in mine if r['method'] in options]
@@ -85,7 +92,10 @@ def compare(new_rows, base_rows, options):
       cost['cross_val'][case] = sum(float(r['seconds']) for r in cands)
     for (_, m), (pick,) in select_lr([r for r in mine if r['method'] in (FULL, RGN)]).items():
       acc[m][case] = float(pick['test_acc'])
-      cost[m][case] = float(pick['seconds'])
+      cost[m][case] = math.fsum(float(r['seconds']) for r in mine if r['method'] == m)
+    full_runs = [float(r['seconds']) for r in mine if r['method'] == FULL]
+    if full_runs:
+      cost[ONE_ALL][case] = math.fsum(full_runs) / len(full_runs)
     pool = cands + [r for r in mine if r['method'] == FULL]
     if pool:
       acc['oracle'][case] = max(float(r['test_acc']) for r in pool)
@@ -110,9 +120,11 @@ def _finished(cases, base_rows, methods):
 
 
 def family_lines(name, new, cases, acc, cost, pending=()):
-  """The markdown of one family, and {method: (mean cost over `all`, mean accuracy)}."""
-  full_cost = [cost[FULL][c] for c in cases if c in cost[FULL]]
-  unit = math.fsum(full_cost) / len(full_cost) if full_cost else float('nan')
+  """The markdown of one family, and {method: (mean cost over one `all` run, mean
+  accuracy)}. Cost is a ratio within each case, whose runs mostly share one load; the
+  median over cases, so one run made under another load (paused, or alone on the
+  machine) does not move it."""
+  unit = cost.get(ONE_ALL, {})
   shown = new + ['cross_val', FULL, RGN]
   lines = [f'## {name}: {len(cases)} (shift, seed) case(s)', '',
            '| method | test acc (%) | minus Cross-Val (points) ± s.e. | 90 % lower bound | '
@@ -126,7 +138,8 @@ def family_lines(name, new, cases, acc, cost, pending=()):
     paired = [c for c in have if c in acc['cross_val']]
     diff = [100 * (acc[m][c] - acc['cross_val'][c]) for c in paired]
     oracle = [100 * (acc['oracle'][c] - acc[m][c]) for c in have if c in acc['oracle']]
-    c_mean = math.fsum(cost[m][c] for c in have) / len(have) / unit
+    ratios = [cost[m][c] / unit[c] for c in have if c in cost[m] and c in unit]
+    c_mean = statistics.median(ratios) if ratios else float('nan')
     points[m] = (c_mean, mean_acc)
     if diff and m != 'cross_val':
       d, se = mean_se(diff)
@@ -155,6 +168,8 @@ def _plot(panels, path):
       ax.scatter(c, a)
       ax.annotate(m, (c, a), fontsize=8, xytext=(3, 3), textcoords='offset points')
     ax.set_xscale('log')
+    # Powers of two: a panel's costs may span less than one power of ten.
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('wall time / one `all` run')
@@ -172,10 +187,11 @@ def main(argv=None):
   args = ap.parse_args(argv)
   try:
     lines = ['# One-run selection against Cross-Val', '',
-             'Written by `python -m experiments.tools.selection_summary '
-             + ' '.join(args.families) + '`. Cost is from the rows\' `seconds` (runs made '
-             'at different times on a shared machine); see the benchmark for a side-by-side '
-             'figure.', '']
+             f'Written by `python -m experiments.tools.selection_summary '
+             f'--markdown={args.markdown} ' + ' '.join(args.families) + '`. Cost: per case, the seconds of every run a '
+             'method needs (for `all` and auto_rgn, their lr grid) over one `all` run\'s, '
+             'the median over cases, from the rows\' `seconds` (made at different times on '
+             'a shared machine); see the benchmark for a side-by-side figure.', '']
     panels = []
     for arg in args.families:
       name, _, dirs = arg.partition('=')
