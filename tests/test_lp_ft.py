@@ -1,5 +1,5 @@
 """surgery/methods/lp_ft.py: a head fitted on frozen features, then one run of the body
-method from it, with the probed head kept where no epoch beats it."""
+method from it, the probed head its start (and never a row of its own)."""
 import dataclasses
 import json
 import os

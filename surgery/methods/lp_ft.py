@@ -57,7 +57,7 @@ def fit(ctx, body: str):
   start = runs[pick].best
   print(f'{body} from the head: ' + ', '.join(
       f'{h}@{lr:g} {r.best_val:.3f}' + ('*' if i == pick else '')
-      for i, ((h, lr), r) in enumerate(zip(heads, runs))) + ' (* kept)', flush=True)
+      for i, ((h, lr), r) in enumerate(zip(heads, runs))) + ' (* picked)', flush=True)
   del runs  # the head runs' weights are let go before the body trains
   body_lr = float(s['body_lr'])
   run = ctx.start(body, body_lr, init=start)
