@@ -18,9 +18,9 @@ with its standard error over (shift, seed) and its one-sided 90 % lower bound (m
 seconds of every run a method needs (Cross-Val's candidates; `all` and `auto_rgn`, their
 whole lr grid, since choosing the lr on validation takes every run) over that case's
 mean `all` run; the median over cases, since a row's `seconds` carry the load of the
-time it ran (a process paused for a benchmark, say); `python -m experiments.bench.selection`
-measures it side by side. The figure
-beside the markdown plots accuracy against that cost, one panel per family.
+time it ran (a process paused for a benchmark, say). `python -m
+experiments.bench.selection` measures it side by side. The figure beside the markdown
+plots accuracy against that cost, one panel per family.
 """
 import argparse
 import collections
@@ -120,10 +120,10 @@ def _finished(cases, base_rows, methods):
 
 
 def family_lines(name, new, cases, acc, cost, pending=()):
-  """The markdown of one family, and {method: (mean cost over one `all` run, mean
-  accuracy)}. Cost is a ratio within each case, whose runs mostly share one load; the
-  median over cases, so one run made under another load (paused, or alone on the
-  machine) does not move it."""
+  """The markdown of one family, and {method: (its cost in `all` runs, mean accuracy)}.
+  Cost is a ratio within each case, whose runs mostly share one load, and its median
+  over cases, so one run made under another load (paused, or alone on the machine)
+  does not move it."""
   unit = cost.get(ONE_ALL, {})
   shown = new + ['cross_val', FULL, RGN]
   lines = [f'## {name}: {len(cases)} (shift, seed) case(s)', '',
@@ -188,10 +188,11 @@ def main(argv=None):
   try:
     lines = ['# One-run selection against Cross-Val', '',
              f'Written by `python -m experiments.tools.selection_summary '
-             f'--markdown={args.markdown} ' + ' '.join(args.families) + '`. Cost: per case, the seconds of every run a '
-             'method needs (for `all` and auto_rgn, their lr grid) over one `all` run\'s, '
-             'the median over cases, from the rows\' `seconds` (made at different times on '
-             'a shared machine); see the benchmark for a side-by-side figure.', '']
+             f'--markdown={args.markdown} ' + ' '.join(args.families) + '`. Cost: per '
+             'case, the seconds of every run a method needs (for `all` and auto_rgn, their '
+             'lr grid) over one `all` run\'s, the median over cases, from the rows\' '
+             '`seconds` (made at different times on a shared machine); see the benchmark '
+             'for a side-by-side figure.', '']
     panels = []
     for arg in args.families:
       name, _, dirs = arg.partition('=')
