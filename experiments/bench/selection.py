@@ -1,7 +1,8 @@
 """Wall-time cost of the one-run selection methods, against one `all` run at one lr.
 
     python -m experiments.bench.selection --config=configs/cifar10c.py \\
-        --config.init_checkpoint=WEIGHTS [--shift=gaussian_noise] [--rounds=3] [--lr=1e-3]
+        --config.init_checkpoint=WEIGHTS [--shift=gaussian_noise] [--rounds=3] [--lr=1e-3] \\
+        [--out=results/bench/selection.json]
 
 On one shift and seed of the config's target sets, it runs one `all` run at `--lr` and
 each method of the registry that runs its own loop (`Method.train`: probe_commit, its
@@ -9,9 +10,11 @@ probes included), in alternating rounds in this one process and on one runner, s
 compiled steps and frozen-prefix activations are shared as in a sweep. The first round
 compiles and is left out of the medians (with `--rounds=1` it is all there is). Per
 method: median wall seconds and their ratio to the `all` run's, measured side by side.
-The last line printed is one JSON object.
+The last line printed is one JSON object; `--out` also writes it to a file (atomically,
+once every round is done, so a cut benchmark leaves no partial figure behind).
 """
 import json
+import os
 import platform
 import statistics
 import sys
@@ -24,6 +27,7 @@ from ml_collections import config_flags
 from experiments import finetune, sweep
 from experiments.plan import make_plan
 from surgery.errors import SurgeryError
+from surgery.io import atomic_write
 from surgery.methods import registry
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A fine-tuning config file.')
@@ -31,6 +35,7 @@ _SHIFT = flags.DEFINE_string('shift', '', "The shift (default: the config's firs
 _SEED = flags.DEFINE_integer('seed', 0, 'The target sets\' seed.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds; the first compiles.')
 _LR = flags.DEFINE_float('lr', 1e-3, 'The lr of the `all` run.')
+_OUT = flags.DEFINE_string('out', '', 'Also write the JSON object to this file.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -45,6 +50,8 @@ def main(argv):
                          f'{", ".join(plan.shifts)}')
     if _ROUNDS.value < 1:
       raise SurgeryError('--rounds must be at least 1')
+    if _OUT.value and os.path.isdir(_OUT.value):
+      raise SurgeryError(f'--out: {_OUT.value!r} is a directory; name a file')
     variables = finetune.source_variables(config, '', plan.model)
   except SurgeryError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -81,7 +88,10 @@ def main(argv):
     med = statistics.median(ts)
     out['methods'][name] = {'seconds': med, 'over_all': med / base, 'picked': picks[name]}
     print(f'{name:14s} {med:7.1f} s  {med / base:5.2f} x one `all` run', flush=True)
-  print(json.dumps(out))
+  line = json.dumps(out)
+  if _OUT.value:
+    atomic_write(_OUT.value, line + '\n')
+  print(line)
 
 
 if __name__ == '__main__':
