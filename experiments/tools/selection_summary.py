@@ -89,7 +89,7 @@ def compare(new_rows, base_rows, options):
     if cands and {r['method'] for r in cands} >= set(options):
       cv = select(cands, options)
       acc['cross_val'][case] = float(cv[0]['test_acc'])
-      cost['cross_val'][case] = sum(float(r['seconds']) for r in cands)
+      cost['cross_val'][case] = math.fsum(float(r['seconds']) for r in cands)
     for (_, m), (pick,) in select_lr([r for r in mine if r['method'] in (FULL, RGN)]).items():
       acc[m][case] = float(pick['test_acc'])
       cost[m][case] = math.fsum(float(r['seconds']) for r in mine if r['method'] == m)
