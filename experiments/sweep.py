@@ -132,7 +132,7 @@ def _one_run(runner, plan, params, model_state, run, data, workdir, primary=True
              seconds=round(time.time() - start, 1), fingerprint=plan.fingerprint,
              extra=f'layout={device_layout()}', **fields)
   if primary:
-    store.append_jsonl(os.path.join(workdir, 'metrics.jsonl'), dict(
+    store.append_jsonl(os.path.join(workdir, store.HISTORY), dict(
         shift=run.shift, method=run.method, lr=run.lr, hparam=run.hparam, seed=run.seed,
         fingerprint=plan.fingerprint, epochs=history))
   return row

@@ -41,8 +41,8 @@ def test_paired_difference_worst_case_and_oracle(tmp_path):
            seconds=15),
       dict(shift='fog', seed=0, method='probe_commit', lr=0, val_acc=0.8, test_acc=0.46,
            seconds=15)])
-  new, cases, acc, cost, pending = S.compare(S._read(str(tmp_path / 'new')),
-                                             S._read(str(tmp_path / 'base')), OPTIONS)
+  new, cases, acc, cost, pending = S.compare(S.read_rows(str(tmp_path / 'new')),
+                                             S.read_rows(str(tmp_path / 'base')), OPTIONS)
   assert new == ['probe_commit'] and cases == [('fog', '0'), ('snow', '0')] and not pending
   assert acc['cross_val'] == {('fog', '0'): 0.5, ('snow', '0'): 0.7}  # block2, best on val
   assert acc['all'] == {('fog', '0'): 0.6, ('snow', '0'): 0.6}  # lr 1e-3: best on val
@@ -66,8 +66,8 @@ def test_cost_is_the_median_of_ratios_within_each_case(tmp_path):
   _write(tmp_path / 'new', [
       dict(shift=shift, seed=0, method='lp_rgn', lr=0, val_acc=0.8, test_acc=0.7,
            seconds=seconds) for shift, seconds in (('snow', 5), ('fog', 30), ('ice', 100))])
-  new, cases, acc, cost, _ = S.compare(S._read(str(tmp_path / 'new')),
-                                       S._read(str(tmp_path / 'base')), OPTIONS)
+  new, cases, acc, cost, _ = S.compare(S.read_rows(str(tmp_path / 'new')),
+                                       S.read_rows(str(tmp_path / 'base')), OPTIONS)
   _, points = S.family_lines('input', new, cases, acc, cost)
   # Ratios 0.5, 1.5 and 10: the median, where pooled seconds would give 45 / 13.3.
   assert points['lp_rgn'][0] == pytest.approx(1.5)
@@ -78,7 +78,7 @@ def test_rows_of_other_configurations_are_refused(tmp_path):
   _write(tmp_path / 'new', [dict(shift='snow', seed=0, method='probe_commit', lr=0,
                                  val_acc=0.8, test_acc=0.7, fingerprint='other')])
   with pytest.raises(SurgeryError, match='different fingerprints'):
-    S.compare(S._read(str(tmp_path / 'new')), S._read(str(tmp_path / 'base')), OPTIONS)
+    S.compare(S.read_rows(str(tmp_path / 'new')), S.read_rows(str(tmp_path / 'base')), OPTIONS)
 
 
 def test_one_folder_holding_both_compares_only_the_own_loop_methods(tmp_path, capsys):
@@ -113,8 +113,8 @@ def test_a_case_whose_baseline_grid_is_half_run_is_left_out_and_named(tmp_path):
   _write(tmp_path / 'new', [
       dict(shift=s, seed=seed, method='lp_rgn', lr=0, val_acc=0.8, test_acc=0.75)
       for s, seed in (('snow', 0), ('fog', 1))])
-  new, cases, acc, cost, pending = S.compare(S._read(str(tmp_path / 'new')),
-                                             S._read(str(tmp_path / 'base')), OPTIONS)
+  new, cases, acc, cost, pending = S.compare(S.read_rows(str(tmp_path / 'new')),
+                                             S.read_rows(str(tmp_path / 'base')), OPTIONS)
   assert cases == [('snow', '0')] and pending == [('fog', '1')]
   assert set(acc['all']) == set(acc['cross_val']) == {('snow', '0')}
   lines, _ = S.family_lines('input', new, cases, acc, cost, pending)

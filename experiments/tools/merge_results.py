@@ -15,12 +15,11 @@ finished, and summary.md and the plots are rewritten.
 """
 import argparse
 import filecmp
-import json
 import os
 import shutil
 import sys
 
-from surgery.report.store import ResultsCsv, append_jsonl, row_key
+from surgery.report.store import HISTORY, ResultsCsv, append_jsonl, read_histories, row_key
 
 TABLES = ('results.csv', 'tuning.csv')  # tuning.csv: MEMO's tuning streams
 MEMO_FOLDERS = ('streams', 'tuning')  # MEMO's per-image streams
@@ -32,40 +31,16 @@ def _folders() -> list:
   return [m.records_folder for m in registry.all_methods().values()
           if m.records_folder] + list(MEMO_FOLDERS)
 UNFINISHED = '.partial.npz'  # a stream checkpoint, only meaningful to its own process
-HISTORY = 'metrics.jsonl'  # the sweep's per-epoch history, one line per run
-
-
-def _histories(workdir: str) -> dict:
-  """{run key: its history record} of `workdir`, for the runs its results.csv holds.
-
-  The sweep appends a run's line just before its row, so a line without a row is of a
-  run cut short (rerun later, the last line of a key is the one its row came with), and
-  an unreadable line is one torn by that cut: neither is a finished run's history."""
-  path = os.path.join(workdir, HISTORY)
-  if not os.path.exists(path):
-    return {}
-  finished = ResultsCsv(os.path.join(workdir, 'results.csv'), write=False).keys()
-  found = {}
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-        key = row_key(record)
-      except (ValueError, KeyError, TypeError):
-        continue
-      if key in finished:
-        found[key] = record
-  return found
 
 
 def _new_histories(into: str, sources) -> list:
   """The history records of rows `into` has (or gets) but whose history it lacks.
   `_new_rows` has checked that a row in two workdirs has one result, so a source's
   history of a key is the history of `into`'s row."""
-  have = set(_histories(into))
+  have = set(read_histories(into))
   new = {}
   for src in sources:
-    for key, record in _histories(src).items():
+    for key, record in read_histories(src).items():
       if key not in have and key not in new:
         new[key] = record
   return list(new.values())

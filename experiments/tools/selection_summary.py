@@ -45,7 +45,7 @@ FULL, RGN = 'all', 'auto_rgn'  # the paper's baselines beside Cross-Val
 ONE_ALL = 'one `all` run'  # the cost unit, per case
 
 
-def _read(workdir):
+def read_rows(workdir):
   """The workdir's rows; a row made before rows carried fingerprints gets its
   config.json's (the fingerprint under which the folder resumes)."""
   path = os.path.join(workdir, 'results.csv')
@@ -58,10 +58,16 @@ def _read(workdir):
   return rows
 
 
-def _options(workdir):
+def model_of(workdir):
+  """The model spec (its options and groups) that `workdir`'s config.json names."""
   with open(os.path.join(workdir, 'config.json')) as f:
     name = (json.load(f).get('model') or {}).get('name') or ADDED_LATER['model.name']
-  return registry.surgical_options(models.create(name))
+  return models.create(name)
+
+
+def surgical_options_of(workdir):
+  """Cross-Val's candidates for the model that `workdir`'s config.json names."""
+  return registry.surgical_options(model_of(workdir))
 
 
 def compare(new_rows, base_rows, options):
@@ -200,11 +206,12 @@ def main(argv=None):
       if not (name and new_dir and base_dir):
         raise SurgeryError(f'{arg!r} is not FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
       own_loop = {n for n, m in registry.all_methods().items() if m.train is not None}
-      new_rows = [r for r in _read(new_dir) if r['method'] in own_loop]
+      new_rows = [r for r in read_rows(new_dir) if r['method'] in own_loop]
       if not new_rows:
         raise SurgeryError(f'{new_dir}: no rows of a method with its own loop '
                            f'({", ".join(sorted(own_loop))})')
-      new, cases, acc, cost, pending = compare(new_rows, _read(base_dir), _options(base_dir))
+      new, cases, acc, cost, pending = compare(new_rows, read_rows(base_dir),
+                                               surgical_options_of(base_dir))
       text, points = family_lines(name, new, cases, acc, cost, pending)
       lines += text
       panels.append((name, points))

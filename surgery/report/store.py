@@ -26,6 +26,7 @@ KEY_COLUMNS = ('shift', 'method', 'lr', 'hparam', 'seed', 'best_epoch')
 TAIL_COLUMNS = ('n_tune', 'n_val', 'n_test', 'seconds', 'fingerprint', 'extra')
 DEFAULT_METRIC = 'acc'
 METRIC_PREFIXES = ('val_', 'test_')
+HISTORY = 'metrics.jsonl'  # a sweep's per-epoch history, one line per run
 # The columns without which a file cannot be a results.csv: a run's identity and the
 # metric that is always there.
 REQUIRED_COLUMNS = ('shift', 'method', 'lr', 'seed', 'val_acc', 'test_acc')
@@ -223,3 +224,25 @@ def append_jsonl(path: str, record: dict) -> None:
     os.close(fd)
 
 
+def read_histories(workdir: str) -> dict:
+  """{run key: its history record} of `workdir`'s HISTORY, for the runs its results.csv
+  holds.
+
+  The sweep appends a run's line just before its row, so a line without a row is of a
+  run cut short (rerun later, the last line of a key is the one its row came with), and
+  an unreadable line is one torn by that cut: neither is a finished run's history."""
+  path = os.path.join(workdir, HISTORY)
+  if not os.path.exists(path):
+    return {}
+  finished = ResultsCsv(os.path.join(workdir, 'results.csv'), write=False).keys()
+  found = {}
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        key = row_key(record)
+      except (ValueError, KeyError, TypeError):
+        continue
+      if key in finished:
+        found[key] = record
+  return found
