@@ -110,10 +110,11 @@ def family(name, workdir, schedules):
   if not own:
     raise SurgeryError(f"{workdir}: no case with a probe_commit row and every arm's curve")
   for r in own:
-    if float(r['test_acc']) != float(committed[_case(r)]['test_acc']):
+    row = committed[_case(r)]
+    if (r[PICKED], float(r['test_acc'])) != (row[PICKED], float(row['test_acc'])):
       raise SurgeryError(
           f'{workdir}: {r["shift"]} seed {r["seed"]}: replaying probe_commit\'s own settings '
-          f'commits to {r[PICKED]}, its row to {committed[_case(r)][PICKED]}; replays '
+          f'commits to {r[PICKED]}, its row to {row[PICKED]}; replays '
           'of other schedules would not be what it does')
   cases = {_case(r) for r in own}
   new = [committed[c] for c in sorted(cases)]
