@@ -9,9 +9,9 @@ option at an lr), and an arm probed for k epochs is that run's first k epochs (t
 start, seed and batches). So where a workdir holds every arm's run with its per-epoch
 validation metric (metrics.jsonl), the arm probe_commit commits to under rungs R and
 keep K is `probe_commit.schedule` over those curves, and its row is that arm's row.
-Each schedule becomes a method `probe R/K` beside the committed `probe_commit` rows,
-compared with Cross-Val as `selection_summary` does, over the cases where every arm has
-its curve (rows made before curves were kept are left out, and counted). Per family,
+Each schedule becomes a method `probe R/K` beside the committed rows of `probe_commit`
+and the other methods with their own loop (lp_rgn, ...), compared with Cross-Val as
+`selection_summary` does, over the cases where every arm has its curve (rows made before curves were kept are left out, and counted). Per family,
 a check line says how many committed probe_commit rows the replay of the committed
 settings reproduces; a miss means the premise no longer holds, and the command stops.
 
@@ -117,7 +117,9 @@ def family(name, workdir, schedules):
           f'commits to {r[PICKED]}, its row to {row[PICKED]}; replays '
           'of other schedules would not be what it does')
   cases = {_case(r) for r in own}
-  new = [committed[c] for c in sorted(cases)]
+  # Beside them, every method with its own loop (lp_rgn, ...) on the same cases.
+  own_loop = {n for n, m in registry.all_methods().items() if m.train is not None}
+  new = [r for r in rows if r['method'] in own_loop and _case(r) in cases]
   # The committed settings replayed too: the same rows, with the estimated cost beside
   # the measured one.
   for schedule in [COMMITTED] + [s for s in schedules if s != COMMITTED]:
@@ -149,7 +151,7 @@ def main(argv=None):
              + ' '.join(args.families) + '`. `probe R/K`: rungs R, K arms kept at each; a '
              'rung at the last epoch trains every arm to the end. Its cost is an upper '
              'estimate (row seconds, test and prefix passes included, prorated by epochs); '
-             '`probe_commit` is the committed rows, with their measured cost.', '']
+             'the other methods are the committed rows, with their measured cost.', '']
     for arg in args.families:
       name, _, workdir = arg.partition('=')
       if not (name and workdir):
