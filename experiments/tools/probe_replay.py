@@ -101,8 +101,8 @@ def family(name, workdir, schedules):
     config = json.load(f)
   epochs, metric = int(config['epochs']), config.get('select_metric') or 'acc'
   spec = summary.model_of(workdir)
-  arms = probe_commit.arms(probe_commit.DEFAULTS, registry.surgical_options(spec),
-                           spec.head_methods)
+  options = registry.surgical_options(spec)
+  arms = probe_commit.arms(probe_commit.DEFAULTS, options, spec.head_methods)
   rows, histories = summary.read_rows(workdir), read_histories(workdir)
   committed = {_case(r): r for r in rows if r['method'] == probe_commit.METHOD.name}
   own = [r for r in replay(rows, histories, arms, COMMITTED, epochs, metric)
@@ -118,15 +118,14 @@ def family(name, workdir, schedules):
           'of other schedules would not be what it does')
   cases = {_case(r) for r in own}
   # Beside them, every method with its own loop (lp_rgn, ...) on the same cases.
-  own_loop = {n for n, m in registry.all_methods().items() if m.train is not None}
+  own_loop = summary.own_loop_methods()
   new = [r for r in rows if r['method'] in own_loop and _case(r) in cases]
   # The committed settings replayed too: the same rows, with the estimated cost beside
   # the measured one.
   for schedule in [COMMITTED] + [s for s in schedules if s != COMMITTED]:
     new += [r for r in replay(rows, histories, arms, schedule, epochs, metric)
             if _case(r) in cases]
-  methods, cases, acc, cost, pending = summary.compare(
-      new, rows, summary.surgical_options_of(workdir))
+  methods, cases, acc, cost, pending = summary.compare(new, rows, options)
   lines, _ = summary.family_lines(name, methods, cases, acc, cost, pending)
   left = len(committed) - len(own)
   check = (f"Replaying probe_commit's own settings ({label(COMMITTED)}) gives its row in "

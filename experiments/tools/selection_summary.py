@@ -58,6 +58,11 @@ def read_rows(workdir):
   return rows
 
 
+def own_loop_methods() -> set:
+  """The registry's methods that run their own loop (`Method.train`): the new methods."""
+  return {n for n, m in registry.all_methods().items() if m.train is not None}
+
+
 def model_of(workdir):
   """The model spec (its options and groups) that `workdir`'s config.json names."""
   with open(os.path.join(workdir, 'config.json')) as f:
@@ -205,7 +210,7 @@ def main(argv=None):
       new_dir, _, base_dir = dirs.partition(':')
       if not (name and new_dir and base_dir):
         raise SurgeryError(f'{arg!r} is not FAMILY=NEW_WORKDIR:BASELINE_WORKDIR')
-      own_loop = {n for n, m in registry.all_methods().items() if m.train is not None}
+      own_loop = own_loop_methods()
       new_rows = [r for r in read_rows(new_dir) if r['method'] in own_loop]
       if not new_rows:
         raise SurgeryError(f'{new_dir}: no rows of a method with its own loop '
