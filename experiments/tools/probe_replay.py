@@ -11,9 +11,10 @@ validation metric (metrics.jsonl), the arm probe_commit commits to under rungs R
 keep K is `probe_commit.schedule` over those curves, and its row is that arm's row.
 Each schedule becomes a method `probe R/K` beside the committed rows of `probe_commit`
 and the other methods with their own loop (lp_rgn, ...), compared with Cross-Val as
-`selection_summary` does, over the cases where every arm has its curve (rows made before curves were kept are left out, and counted). Per family,
-a check line says how many committed probe_commit rows the replay of the committed
-settings reproduces; a miss means the premise no longer holds, and the command stops.
+`selection_summary` does, over the cases where every arm has its curve (rows made
+before curves were kept are left out, and counted). Per family, a check line says how
+many committed probe_commit rows the replay of the committed settings reproduces; a
+miss means the premise no longer holds, and the command stops.
 
 Here, unlike in the method, the last rung may equal the config's epochs: every arm then
 trains to the end and validation picks among them, the best any schedule over these arms
@@ -120,9 +121,10 @@ def family(name, workdir, schedules):
   # Beside them, every method with its own loop (lp_rgn, ...) on the same cases.
   own_loop = summary.own_loop_methods()
   new = [r for r in rows if r['method'] in own_loop and _case(r) in cases]
-  # The committed settings replayed too: the same rows, with the estimated cost beside
-  # the measured one.
-  for schedule in [COMMITTED] + [s for s in schedules if s != COMMITTED]:
+  # The committed settings replayed too (`own`): the same rows, with the estimated cost
+  # beside the measured one.
+  new += own
+  for schedule in [s for s in schedules if s != COMMITTED]:
     new += [r for r in replay(rows, histories, arms, schedule, epochs, metric)
             if _case(r) in cases]
   methods, cases, acc, cost, pending = summary.compare(new, rows, options)
